@@ -1,0 +1,437 @@
+"""Channel plans and the compact dense network they define (``DESIGN.md`` sections 2-3).
+
+:func:`plan_channels` turns per-domain binary switches into a :class:`ChannelPlan` (pure data: kept input and
+output channels per conv, kept channels per BN, per-domain gates). :func:`build_compact` rewrites a trained
+:class:`~bap.core.multidomain.MultiDomainNet` into a physically smaller network:
+
+* shared convs hold only the kept channels (dense, smaller weights);
+* every per-domain BN becomes a gathered affine table ``x * A[domain] + B[domain]`` into which the gates of
+  chain consumers are folded, so the following ReLU zeroes gated channels exactly;
+* stream consumers gather their kept input channels and apply an explicit ``{0,1}`` gate;
+* the input normalisation (with the stem's gates folded in) and all heads are gathered per sample.
+
+The same functions serve the trainer's metrics (MACs / params measured on this structure) and the exporter
+(the module is what goes to ONNX), so the numbers in a report describe exactly what ships.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from bap.core.graph import CouplingGraph
+from bap.core.multidomain import DomainBatchNorm, MultiDomainNet, apply_gate
+
+__all__ = [
+    "ChannelGather",
+    "ChannelPlan",
+    "CompactHead",
+    "CompactInput",
+    "CompactNet",
+    "DomainAffine",
+    "DomainGate",
+    "LayerPlan",
+    "SpecialisedNet",
+    "build_compact",
+    "build_specialised",
+    "count_conv_macs",
+    "plan_channels",
+]
+
+
+# ---------------------------------------------------------------------------------------------------------- plan
+@dataclass(frozen=True)
+class LayerPlan:
+    """Kept channels of one conv. ``gate[d, i]`` is domain ``d``'s switch for kept input ``in_keep[i]``."""
+
+    name: str
+    kind: str
+    in_keep: tuple[int, ...]
+    out_keep: tuple[int, ...]
+    in_total: int
+    out_total: int
+    gate: torch.Tensor = field(compare=False)
+
+    @property
+    def gathers_input(self) -> bool:
+        """True when the conv reads a subset of a full-width tensor (stream / input consumers)."""
+        return self.kind != "chain" and len(self.in_keep) < self.in_total
+
+
+@dataclass
+class ChannelPlan:
+    """Kept channels per conv and BN for a set of domains (the union of their switches, optionally rounded)."""
+
+    domains: list[str]
+    layers: dict[str, LayerPlan]
+    bn_keep: dict[str, tuple[int, ...]]
+    round_to: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form for manifests: counts and indices per conv."""
+        out = {}
+        for name, lp in self.layers.items():
+            out[name] = {
+                "kind": lp.kind,
+                "in_kept": len(lp.in_keep),
+                "in_total": lp.in_total,
+                "out_kept": len(lp.out_keep),
+                "out_total": lp.out_total,
+                "in_keep": list(lp.in_keep),
+                "out_keep": list(lp.out_keep) if len(lp.out_keep) < lp.out_total else "all",
+                "active": {d: int(lp.gate[i].sum()) for i, d in enumerate(self.domains)},
+            }
+        return out
+
+
+def _pad_to_multiple(keep: list[int], total: int, multiple: int, rank: torch.Tensor) -> list[int]:
+    """Grow ``keep`` to a multiple of ``multiple`` (capped at ``total``) with the best-ranked unused channels."""
+    target = min(total, max(multiple, math.ceil(len(keep) / multiple) * multiple))
+    if len(keep) >= target:
+        return keep
+    kept = set(keep)
+    order = sorted((c for c in range(total) if c not in kept), key=lambda c: (-float(rank[c]), c))
+    return sorted(keep + order[: target - len(keep)])
+
+
+def plan_channels(
+    graph: CouplingGraph,
+    on: torch.Tensor,
+    domains: Sequence[str],
+    round_to: int = 1,
+    priority: torch.Tensor | None = None,
+) -> ChannelPlan:
+    """Keep, per conv, the union over domains of the input channels that are switched on.
+
+    Args:
+        graph: the coupling analysis of the backbone.
+        on: bool ``[D, M]`` binary switches of the domains to serve.
+        domains: their names (row order of ``on``).
+        round_to: pad each kept set up to a multiple of this with the next most used channels (their gates
+            stay 0 in domains that do not use them). 1 disables rounding.
+        priority: float ``[D, M]`` used to rank padding candidates (the real-valued switches); higher first.
+
+    Returns:
+        The plan. Chain producers keep exactly their consumer's kept inputs; BNs follow their producer conv.
+        Every conv keeps at least one input channel (gated off where unused) so the graph stays valid.
+    """
+    on = on.bool()
+    if on.shape != (len(domains), graph.num_switches):
+        raise ValueError(f"switch table {tuple(on.shape)} does not match {len(domains)} x {graph.num_switches}")
+    prio = priority.float() if priority is not None else on.float()
+    in_keep: dict[str, list[int]] = {}
+    for c in graph.convs:
+        sl = on[:, c.offset : c.offset + c.in_channels]
+        keep = torch.nonzero(sl.any(0)).flatten().tolist()
+        rank = sl.sum(0).float() * 1e6 + prio[:, c.offset : c.offset + c.in_channels].max(0).values
+        if not keep:
+            keep = [int(torch.argmax(rank))]
+        if round_to > 1:
+            keep = _pad_to_multiple(keep, c.in_channels, round_to, rank)
+        in_keep[c.name] = keep
+    layers = {}
+    for c in graph.convs:
+        consumer = graph.chain_consumer(c.name)
+        out_keep = in_keep[consumer.name] if consumer is not None else list(range(c.out_channels))
+        gate = on[:, c.offset : c.offset + c.in_channels][:, in_keep[c.name]].clone()
+        layers[c.name] = LayerPlan(
+            c.name, c.kind, tuple(in_keep[c.name]), tuple(out_keep), c.in_channels, c.out_channels, gate
+        )
+    bn_keep = {b.name: layers[b.producer].out_keep if b.producer else tuple(range(b.channels)) for b in graph.bns}
+    return ChannelPlan(list(domains), layers, bn_keep, round_to)
+
+
+# ------------------------------------------------------------------------------------------------------ modules
+def _rows(table: torch.Tensor, domain: int | torch.Tensor) -> torch.Tensor:
+    """``table[domain]`` shaped to broadcast over ``[B, C, H, W]``."""
+    t = table[domain]
+    return t.view(1, -1, 1, 1) if t.dim() == 1 else t[:, :, None, None]
+
+
+class DomainAffine(nn.Module):
+    """``x * A[domain] + B[domain]``: a per-domain BN (eval mode) with its gates folded in."""
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor):
+        super().__init__()
+        self.register_buffer("A", a.detach().clone().float())
+        self.register_buffer("B", b.detach().clone().float())
+
+    def forward(self, x: torch.Tensor, domain: int | torch.Tensor) -> torch.Tensor:
+        """Apply the gathered affine map."""
+        return x * _rows(self.A, domain) + _rows(self.B, domain)
+
+
+class DomainGate(nn.Module):
+    """Explicit ``{0,1}`` per-domain gate on the kept inputs of a stream consumer."""
+
+    def __init__(self, gate: torch.Tensor):
+        super().__init__()
+        self.register_buffer("G", gate.detach().clone().float())
+
+    def forward(self, x: torch.Tensor, domain: int | torch.Tensor) -> torch.Tensor:
+        """Gate."""
+        return x * _rows(self.G, domain)
+
+
+class ChannelGather(nn.Module):
+    """Select kept channels of a full-width tensor (ONNX ``Gather`` on axis 1)."""
+
+    def __init__(self, index: Sequence[int]):
+        super().__init__()
+        self.register_buffer("index", torch.tensor(list(index), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Gather channels."""
+        return x.index_select(1, self.index)
+
+
+class CompactInput(nn.Module):
+    """Per-domain normalisation of the image with the stem's gates folded in (optionally channel-gathered)."""
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor, keep: Sequence[int] | None):
+        super().__init__()
+        self.gather = ChannelGather(keep) if keep is not None else None
+        self.affine = DomainAffine(a, b)
+
+    def forward(self, image: torch.Tensor, domain: int | torch.Tensor) -> torch.Tensor:
+        """Normalise (and gate) the image."""
+        if self.gather is not None:
+            image = self.gather(image)
+        return self.affine(image, domain)
+
+
+class CompactHead(nn.Module):
+    """All heads as one matmul; each sample's slice gathered into ``[B, K_max]`` (``-inf`` beyond ``K_d``)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
+        super().__init__()
+        d, k, f = weight.shape
+        self.num_domains, self.k_max = d, k
+        self.register_buffer("weight", weight.detach().reshape(d * k, f).clone())
+        self.register_buffer("bias", bias.detach().reshape(d * k).clone())
+
+    def forward(self, f: torch.Tensor, domain: int | torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, K_max]``."""
+        z = torch.nn.functional.linear(f, self.weight, self.bias).view(-1, self.num_domains, self.k_max)
+        if isinstance(domain, int):
+            return z[:, domain]
+        idx = domain.view(-1, 1, 1).expand(-1, 1, self.k_max)
+        return torch.gather(z, 1, idx).squeeze(1)
+
+
+class CompactNet(nn.Module):
+    """The compact multi-domain network: ``(image [B,3,H,W] in [0,1], domain int64 [B]) -> logits [B, K_max]``."""
+
+    def __init__(self, inp: CompactInput, body: fx.GraphModule, head: CompactHead, plan: ChannelPlan):
+        super().__init__()
+        self.input = inp
+        self.body = body
+        self.head = head
+        self.plan = plan
+
+    def features(self, image: torch.Tensor, domain: int | torch.Tensor) -> torch.Tensor:
+        """Pooled features."""
+        return self.body(self.input(image, domain), domain)
+
+    def forward(self, image: torch.Tensor, domain: int | torch.Tensor) -> torch.Tensor:
+        """Logits padded to ``K_max``."""
+        return self.head(self.features(image, domain), domain)
+
+
+class SpecialisedNet(nn.Module):
+    """One domain only: its channels, BN folded into the convs, no ``domain`` input."""
+
+    def __init__(self, inp: CompactInput, body: fx.GraphModule, head: nn.Linear, plan: ChannelPlan):
+        super().__init__()
+        self.input = inp
+        self.body = body
+        self.head = head
+        self.plan = plan
+
+    def features(self, image: torch.Tensor) -> torch.Tensor:
+        """Pooled features."""
+        return self.body(self.input(image, 0), 0)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, K_d]``."""
+        return self.head(self.features(image))
+
+
+# ------------------------------------------------------------------------------------------------------ rewrite
+def _sliced_conv(conv: nn.Conv2d, in_keep: Sequence[int], out_keep: Sequence[int]) -> nn.Conv2d:
+    new = nn.Conv2d(
+        len(in_keep),
+        len(out_keep),
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        1,
+        conv.bias is not None,
+        conv.padding_mode,
+    )
+    with torch.no_grad():
+        w = conv.weight[list(out_keep)][:, list(in_keep)]
+        new.weight.copy_(w)
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias[list(out_keep)])
+    new.requires_grad_(False)
+    return new
+
+
+def _set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
+    parent, _, leaf = target.rpartition(".")
+    setattr(gm.get_submodule(parent) if parent else gm, leaf, module)
+
+
+def _rewrite_body(model: MultiDomainNet, plan: ChannelPlan, rows: list[int]) -> fx.GraphModule:
+    """Pure rewrite of ``model.body`` into the compact body for domain rows ``rows`` (model is not modified)."""
+    gm = copy.deepcopy(model.body)
+    g = gm.graph
+    fold_gate: dict[str, torch.Tensor] = {}
+    for c in model.graph.convs:
+        if c.kind == "chain":
+            fold_gate[c.fold_bn] = plan.layers[c.name].gate.float()  # type: ignore[index]
+    s_node = None
+    counter = 0
+    for node in list(g.nodes):
+        if node.op == "placeholder" and node.target == "s":
+            s_node = node
+        elif node.op == "call_function" and node.target is apply_gate:
+            conv_node = next(iter(node.users))
+            lp = plan.layers[str(conv_node.target)]
+            x = node.args[0]
+            if lp.kind == "stream":
+                counter += 1
+                if lp.gathers_input:
+                    name = f"bap_gather_{counter}"
+                    gm.add_submodule(name, ChannelGather(lp.in_keep))
+                    with g.inserting_before(node):
+                        x = g.call_module(name, (x,))
+                if not bool(lp.gate.all()):
+                    name = f"bap_gate_{counter}"
+                    gm.add_submodule(name, DomainGate(lp.gate))
+                    domain = next(n for n in g.nodes if n.op == "placeholder" and n.target == "domain")
+                    with g.inserting_before(node):
+                        x = g.call_module(name, (x, domain))
+            node.replace_all_uses_with(x)
+            g.erase_node(node)
+        elif node.op == "call_module":
+            mod = gm.get_submodule(node.target)
+            if isinstance(mod, nn.Conv2d):
+                lp = plan.layers[str(node.target)]
+                _set_module(gm, str(node.target), _sliced_conv(mod, lp.in_keep, lp.out_keep))
+            elif isinstance(mod, DomainBatchNorm):
+                keep = list(plan.bn_keep[str(node.target)])
+                a, b = mod.affine()
+                a, b = a[rows][:, keep], b[rows][:, keep]
+                gate = fold_gate.get(str(node.target))
+                if gate is not None:
+                    a, b = a * gate, b * gate
+                _set_module(gm, str(node.target), DomainAffine(a, b))
+    if s_node is not None:
+        g.erase_node(s_node)
+    g.lint()
+    gm.recompile()
+    gm.eval()
+    return gm
+
+
+def _compact_input(model: MultiDomainNet, plan: ChannelPlan, rows: list[int]) -> CompactInput:
+    first = (
+        next(c for c in model.graph.convs if c.kind == "input")
+        if any(c.kind == "input" for c in model.graph.convs)
+        else None
+    )
+    mean, std = model.normalize.mean[rows], model.normalize.std[rows]
+    a, b = 1.0 / std, -mean / std
+    keep = None
+    if first is not None:
+        lp = plan.layers[first.name]
+        a, b = a[:, list(lp.in_keep)] * lp.gate.float(), b[:, list(lp.in_keep)] * lp.gate.float()
+        keep = list(lp.in_keep) if lp.gathers_input else None
+    return CompactInput(a, b, keep)
+
+
+@torch.no_grad()
+def build_compact(model: MultiDomainNet, plan: ChannelPlan) -> CompactNet:
+    """The compact multi-domain network for ``plan`` (its domains must be all of ``model``'s, in order)."""
+    names = [d.name for d in model.domains]
+    if plan.domains != names:
+        raise ValueError(f"plan domains {plan.domains} differ from the model's {names}")
+    rows = list(range(len(names)))
+    w, b = model.heads.padded()
+    return CompactNet(
+        _compact_input(model, plan, rows), _rewrite_body(model, plan, rows), CompactHead(w, b), plan
+    ).eval()
+
+
+def _fold_affine_into_convs(gm: fx.GraphModule) -> fx.GraphModule:
+    """Fold every constant (single-domain) affine that directly follows a conv into that conv's weights."""
+    g = gm.graph
+    for node in list(g.nodes):
+        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), DomainAffine):
+            continue
+        src = node.args[0]
+        if not (isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1):
+            continue
+        conv = gm.get_submodule(src.target)
+        if not isinstance(conv, nn.Conv2d):
+            continue
+        aff: DomainAffine = gm.get_submodule(node.target)  # type: ignore[assignment]
+        a, b = aff.A[0], aff.B[0]
+        fused = nn.Conv2d(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, 1, True
+        )
+        with torch.no_grad():
+            fused.weight.copy_(conv.weight * a.view(-1, 1, 1, 1))
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(a)
+            fused.bias.copy_(bias * a + b)
+        fused.requires_grad_(False)
+        _set_module(gm, str(src.target), fused)
+        node.replace_all_uses_with(src)
+        g.erase_node(node)
+    g.lint()
+    gm.recompile()
+    return gm
+
+
+@torch.no_grad()
+def build_specialised(model: MultiDomainNet, domain: int, round_to: int = 1) -> SpecialisedNet:
+    """A single-domain network: only ``domain``'s channels, BN (and gates) folded into the convs."""
+    name = model.domains[domain].name
+    on = model.switches.binary()[domain : domain + 1]
+    prio = torch.stack([t.detach() for t in model.switches.logits])[domain : domain + 1]
+    plan = plan_channels(model.graph, on, [name], round_to=round_to, priority=prio)
+    body = _fold_affine_into_convs(_rewrite_body(model, plan, [domain]))
+    head = copy.deepcopy(model.heads.heads[domain]).requires_grad_(False)
+    return SpecialisedNet(_compact_input(model, plan, [domain]), body, head, plan).eval()
+
+
+def count_conv_macs(module: nn.Module, *inputs: Any) -> int:
+    """Conv multiply-accumulates of one forward pass, counted by thop on the actual modules (heads excluded)."""
+    import logging
+
+    import thop
+    from thop.vision.basic_hooks import zero_ops
+
+    types = {type(m) for m in module.modules() if not isinstance(m, nn.Conv2d)}
+    logging.getLogger("thop").setLevel(logging.ERROR)
+    macs, _ = thop.profile(module, inputs, custom_ops={t: zero_ops for t in types}, verbose=False)
+    for m in module.modules():  # thop leaves counters behind
+        for attr in ("total_ops", "total_params"):
+            if attr in getattr(m, "_buffers", {}):
+                del m._buffers[attr]
+            elif hasattr(m, attr) and not isinstance(getattr(type(m), attr, None), property):
+                try:
+                    delattr(m, attr)
+                except AttributeError:
+                    pass
+    return int(macs)
