@@ -223,7 +223,7 @@ class CompactHead(nn.Module):
         if isinstance(domain, int):
             return z[:, domain]
         idx = domain.view(-1, 1, 1).expand(-1, 1, self.k_max)
-        return torch.gather(z, 1, idx).squeeze(1)
+        return torch.gather(z, 1, idx).reshape(-1, self.k_max)  # not squeeze(1): it exports as an If
 
 
 class CompactNet(nn.Module):
@@ -362,15 +362,20 @@ def _compact_input(model: MultiDomainNet, plan: ChannelPlan, rows: list[int]) ->
 
 @torch.no_grad()
 def build_compact(model: MultiDomainNet, plan: ChannelPlan) -> CompactNet:
-    """The compact multi-domain network for ``plan`` (its domains must be all of ``model``'s, in order)."""
+    """The compact multi-domain network serving ``plan.domains`` (all of the model's, or a subset in any order).
+
+    Domain ids of the result index ``plan.domains``.
+    """
     names = [d.name for d in model.domains]
-    if plan.domains != names:
-        raise ValueError(f"plan domains {plan.domains} differ from the model's {names}")
-    rows = list(range(len(names)))
+    unknown = [n for n in plan.domains if n not in names]
+    if unknown:
+        raise ValueError(f"plan domains {unknown} are not in the model ({names})")
+    rows = [names.index(n) for n in plan.domains]
     w, b = model.heads.padded()
-    return CompactNet(
-        _compact_input(model, plan, rows), _rewrite_body(model, plan, rows), CompactHead(w, b), plan
-    ).eval()
+    w, b = w[rows], b[rows]
+    k = max(model.heads.num_classes[r] for r in rows)
+    head = CompactHead(w[:, :k], b[:, :k])
+    return CompactNet(_compact_input(model, plan, rows), _rewrite_body(model, plan, rows), head, plan).eval()
 
 
 def _fold_affine_into_convs(gm: fx.GraphModule) -> fx.GraphModule:
@@ -404,10 +409,17 @@ def _fold_affine_into_convs(gm: fx.GraphModule) -> fx.GraphModule:
 
 
 @torch.no_grad()
-def build_specialised(model: MultiDomainNet, domain: int, round_to: int = 1) -> SpecialisedNet:
-    """A single-domain network: only ``domain``'s channels, BN (and gates) folded into the convs."""
+def build_specialised(model: MultiDomainNet, domain: int, round_to: int = 1, all_on: bool = False) -> SpecialisedNet:
+    """A single-domain network: only ``domain``'s channels, BN (and gates) folded into the convs.
+
+    Args:
+        all_on: keep every channel (the unpruned backbone with ``domain``'s BN, normalisation and head: the
+            single-domain model a user would deploy without bap).
+    """
     name = model.domains[domain].name
     on = model.switches.binary()[domain : domain + 1]
+    if all_on:
+        on = torch.ones_like(on)
     prio = torch.stack([t.detach() for t in model.switches.logits])[domain : domain + 1]
     plan = plan_channels(model.graph, on, [name], round_to=round_to, priority=prio)
     body = _fold_affine_into_convs(_rewrite_body(model, plan, [domain]))

@@ -1,0 +1,1 @@
+"""The ``bap`` command line: thin typer commands over the library."""

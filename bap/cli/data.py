@@ -1,0 +1,59 @@
+"""``bap data list`` and ``bap models``: what is available."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.table import Table
+
+from bap.cli._console import console
+from bap.cli._options import DataRootOpt, JsonOpt, LayoutOpt
+
+__all__ = ["register"]
+
+data_app = typer.Typer(help="Inspect the data bap trains on.", no_args_is_help=True)
+
+
+@data_app.command("list")
+def data_list(data_root: DataRootOpt = None, layout: LayoutOpt = "imagefolder", as_json: JsonOpt = False) -> None:
+    """List the domains (default: the embedded suite built from images inside installed packages)."""
+    from bap.data import load_domains
+
+    ds = load_domains(str(data_root) if data_root else None, layout)
+    rows = [d.summary() | {"source_domain": d.name == ds.source_domain} for d in ds]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    t = Table(title=f"domains ({ds.origin.get('kind')})")
+    for col in ("name", "classes", "train", "val", "test", "size", "source"):
+        t.add_column(col, justify="right" if col in ("classes", "train", "val", "test", "size") else "left")
+    for r in rows:
+        name = r["name"] + (" (source)" if r["source_domain"] else "")
+        t.add_row(
+            name, str(r["classes"]), str(r["train"]), str(r["val"]), str(r["test"]), str(r["input_size"]), r["source"]
+        )
+    console.print(t)
+
+
+def models(as_json: JsonOpt = False) -> None:
+    """List the registered backbones (use with bap train --backbone)."""
+    from bap.models import list_backbones
+
+    rows = [{"name": s.name, "input_size": s.input_size, "description": s.description} for s in list_backbones()]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    t = Table(title="backbones")
+    t.add_column("name")
+    t.add_column("input", justify="right")
+    t.add_column("description")
+    for r in rows:
+        t.add_row(r["name"], f"{r['input_size']} px", r["description"])
+    console.print(t)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the commands to the root app."""
+    app.add_typer(data_app, name="data")
+    app.command("models")(models)

@@ -1,0 +1,183 @@
+"""``bap train`` and ``bap pretrain``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from bap.cli._console import RichCallback, console, setup_logging
+from bap.cli._options import (
+    DataRootOpt,
+    DomainsOpt,
+    LayoutOpt,
+    QuietOpt,
+    VerboseOpt,
+    parse_csv,
+    parse_floats,
+    parse_ints,
+)
+
+__all__ = ["register", "summary_table"]
+
+
+def summary_table(report: dict[str, Any]) -> Table:
+    """The paper-style table of a training report: one row per method x budget."""
+    runs = report["runs"]
+    names = [d["name"] for d in report["domains"]]
+    t = Table(title="bap train: results (test accuracy; MACs/params relative to the backbone)")
+    for col in ("method", "β", "max usage", *names, "mean", "S", "rel MACs", "rel params", "AND", "prunable"):
+        t.add_column(col, justify="left" if col == "method" else "right")
+    for r in runs:
+        s = r.get("s_score")
+        t.add_row(
+            r["method"],
+            f"{r['budget']:g}",
+            f"{max(r['active_fraction'].values()):.3f}",
+            *[f"{r['accuracy'][n]:.3f}" for n in names],
+            f"{r['mean_accuracy']:.3f}",
+            "-" if s is None else f"{s:.0f}",
+            f"{r['rel_macs_mean']:.3f}",
+            f"{r['rel_params']:.3f}",
+            f"{r['and_fraction']:.2f}",
+            f"{r['prunable_fraction']:.2f}",
+        )
+    return t
+
+
+def train(
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Run directory to create (or continue with --resume).")
+    ] = Path("runs/default"),
+    method: Annotated[
+        str,
+        typer.Option(
+            help="bap (sharing loss), ba2 (no sharing loss), feature (heads only), finetune (full network per domain)."
+        ),
+    ] = "bap",
+    budgets: Annotated[
+        str, typer.Option(help="Comma-separated switch budgets in (0, 1]; one model per budget.")
+    ] = "1.0,0.5",
+    budget_unit: Annotated[
+        str,
+        typer.Option(
+            help="switches (paper: mean of switches) or macs (switches weighted by the compute they control)."
+        ),
+    ] = "switches",
+    lambda_ps: Annotated[float, typer.Option("--lambda-ps", help="Weight of the parameter-sharing loss (bap).")] = 0.5,
+    ps_scale: Annotated[
+        str, typer.Option(help="none, or lambda: scale the sharing weight by max(1, budget multiplier).")
+    ] = "none",
+    backbone: Annotated[str, typer.Option(help="Registered backbone (see bap models).")] = "cifar_resnet14",
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            help="Backbone weights: a state_dict file, or torchvision:TAG. Default: pretrain on the source domain (cached).",
+            show_default=False,
+        ),
+    ] = None,
+    data_root: DataRootOpt = None,
+    layout: LayoutOpt = "imagefolder",
+    domains: DomainsOpt = None,
+    epochs: Annotated[int, typer.Option(help="Epochs per budget.")] = 6,
+    steps_per_epoch: Annotated[
+        int,
+        typer.Option(help="Rounds per epoch (one batch of every domain each); 0 = one pass over the largest domain."),
+    ] = 32,
+    batch_size: Annotated[int, typer.Option(help="Batch size (single-domain batches).")] = 64,
+    lr_head: Annotated[float, typer.Option(help="SGD learning rate of the heads.")] = 0.1,
+    lr_bn: Annotated[float, typer.Option(help="SGD learning rate of the per-domain BN.")] = 0.01,
+    lr_switch: Annotated[
+        float, typer.Option(help="Adam learning rate of the switches (keep <= init/10 = 1e-4).")
+    ] = 1e-4,
+    lr_milestones: Annotated[str, typer.Option(help="Epochs at which learning rates drop x0.1.")] = "5",
+    lambda_lr: Annotated[
+        float | None,
+        typer.Option(help="Step of the budget multiplier (default: 0.1 for β >= 0.5, else 0.5).", show_default=False),
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="Paper settings: paper-decathlon or paper-i2s.", show_default=False)
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation and batch order.")] = 0,
+    round_to: Annotated[int, typer.Option(help="Channel rounding used for the MAC/param metrics (1, 8, 16, 32).")] = 1,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    amp: Annotated[bool, typer.Option(help="bfloat16 autocast on CUDA.")] = True,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the interrupted run in --out (other flags are read from it).")
+    ] = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Learn per-domain channel switches on a frozen backbone under one or more budgets.
+
+    With no arguments: the embedded 5-domain suite, the default backbone (pretrained on the source domain and
+    cached the first time), budgets 1.0 and 0.5, into runs/default. Runs under torchrun for several processes.
+    """
+    from bap.trainer import TrainConfig
+    from bap.trainer import train as run_train
+
+    setup_logging(verbose, quiet)
+    cfg = TrainConfig(
+        out=str(out),
+        method=method,
+        budgets=parse_floats(budgets, "--budgets"),
+        budget_unit=budget_unit,
+        backbone=backbone,
+        weights=weights,
+        data_root=str(data_root) if data_root else None,
+        layout=layout,
+        domains=parse_csv(domains),
+        seed=seed,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        batch_size=batch_size,
+        lr_head=lr_head,
+        lr_bn=lr_bn,
+        lr_switch=lr_switch,
+        lr_milestones=parse_ints(lr_milestones, "--lr-milestones"),
+        lambda_ps=lambda_ps,
+        ps_scale=ps_scale,
+        lambda_lr=lambda_lr,
+        preset=preset,
+        round_to=round_to,
+        device=device,
+        amp=amp,
+        resume=resume,
+        quiet=quiet,
+    )
+    report = run_train(cfg, RichCallback(enabled=not quiet))
+    if not quiet:
+        console.print(summary_table(report))
+        console.print(f"run directory: {cfg.out}  (next: bap export {cfg.out} --budget 0.5)")
+
+
+def pretrain(
+    backbone: Annotated[str, typer.Option(help="Registered backbone.")] = "cifar_resnet14",
+    epochs: Annotated[int, typer.Option(help="Epochs on the source domain.")] = 6,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    data_root: DataRootOpt = None,
+    layout: LayoutOpt = "imagefolder",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Pretrain a backbone on the source domain and cache it (bap train does this on first use)."""
+    from bap.core.env import resolve_device
+    from bap.data import load_domains
+    from bap.models.backbones import BACKBONES
+    from bap.models.pretrain import ensure_pretrained
+
+    setup_logging(verbose, quiet)
+    BACKBONES.get(backbone)
+    ds = load_domains(str(data_root) if data_root else None, layout)
+    path, info = ensure_pretrained(backbone, ds, epochs, seed, resolve_device(device), RichCallback(not quiet))
+    if not quiet:
+        console.print(f"{backbone}: val accuracy on {info['source']} {info['val_accuracy']:.3f} -> {path}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the commands to the root app."""
+    app.command("train")(train)
+    app.command("pretrain")(pretrain)

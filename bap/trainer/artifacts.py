@@ -1,0 +1,255 @@
+"""The run directory: what ``bap train`` writes and what ``bap export`` / ``bap eval`` read.
+
+::
+
+    RUN/
+      config.json            resolved TrainConfig, domains, backbone (name, weights source, sha256), versions
+      backbone.safetensors   the frozen shared backbone (a copy: the run is self-contained)
+      metrics.jsonl          one line per epoch and budget
+      checkpoint.pt          latest resumable state (weights_only-loadable; removed when a budget completes)
+      budgets/<beta>/state.safetensors   switches, per-domain BN, heads, normalisation
+      budgets/<beta>/result.json         metrics of that budget
+      report.json            schema bap.train-report/1
+      .lock                  held while a process trains in it
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bap.core.io import atomic_write_bytes, atomic_write_json, atomic_write_text, file_sha256, load_json
+from bap.data.types import DomainSet, Preprocess
+from bap.errors import IncompatibleArtifactError
+from bap.trainer.config import TrainConfig, budget_key
+
+__all__ = ["REPORT_FORMAT", "RUN_FORMAT", "LoadedRun", "RunDir", "load_run"]
+
+log = logging.getLogger(__name__)
+
+RUN_FORMAT = "bap.run/1"
+REPORT_FORMAT = "bap.train-report/1"
+
+
+class RunDir:
+    """Paths and atomic readers/writers of one run directory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    config_path = property(lambda self: self.path / "config.json")
+    backbone_path = property(lambda self: self.path / "backbone.safetensors")
+    metrics_path = property(lambda self: self.path / "metrics.jsonl")
+    checkpoint_path = property(lambda self: self.path / "checkpoint.pt")
+    report_path = property(lambda self: self.path / "report.json")
+
+    def budget_dir(self, beta: float) -> Path:
+        """``budgets/<beta>/``."""
+        return self.path / "budgets" / budget_key(beta)
+
+    def is_empty(self) -> bool:
+        """True if the directory is absent or holds nothing."""
+        return not self.path.exists() or not any(self.path.iterdir())
+
+    # ----------------------------------------------------------------------------------------------- config
+    def write_config(self, doc: dict[str, Any]) -> None:
+        """Write ``config.json``."""
+        atomic_write_json(self.config_path, doc)
+
+    def read_config(self) -> dict[str, Any]:
+        """Read and check ``config.json`` (format and presence)."""
+        if not self.path.is_dir():
+            raise IncompatibleArtifactError(
+                f"run directory {self.path} does not exist", "pass the --out of a bap train run"
+            )
+        doc = load_json(self.config_path, "run config")
+        if not isinstance(doc, dict) or doc.get("format") != RUN_FORMAT:
+            raise IncompatibleArtifactError(
+                f"{self.config_path} is not a bap run config (format {doc.get('format') if isinstance(doc, dict) else None!r}, expected {RUN_FORMAT})",
+                "pass a directory written by bap train",
+            )
+        return doc
+
+    # ------------------------------------------------------------------------------------------- checkpoint
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Atomically write the resumable state (tensors and plain Python values only)."""
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(self.checkpoint_path, buf.getvalue())
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The resumable state, or ``None`` if there is none; loaded with ``weights_only=True``."""
+        if not self.checkpoint_path.is_file():
+            return None
+        try:
+            return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        except Exception as e:  # corrupt or foreign: refuse, never unpickle arbitrary objects
+            raise IncompatibleArtifactError(
+                f"checkpoint {self.checkpoint_path} is unreadable ({type(e).__name__})",
+                "delete it to restart the current budget from its beginning",
+            ) from None
+
+    def clear_checkpoint(self) -> None:
+        """Remove the checkpoint once its budget is complete."""
+        self.checkpoint_path.unlink(missing_ok=True)
+
+    # ---------------------------------------------------------------------------------------------- metrics
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """Lines of ``metrics.jsonl`` (unparseable lines are dropped)."""
+        if not self.metrics_path.is_file():
+            return []
+        out = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        """Rewrite ``metrics.jsonl`` atomically."""
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows))
+
+    # ------------------------------------------------------------------------------------------------ results
+    def result_path(self, beta: float) -> Path:
+        """``budgets/<beta>/result.json``."""
+        return self.budget_dir(beta) / "result.json"
+
+    def state_path(self, beta: float) -> Path:
+        """``budgets/<beta>/state.safetensors``."""
+        return self.budget_dir(beta) / "state.safetensors"
+
+    def read_result(self, beta: float) -> dict[str, Any] | None:
+        """A completed budget's result, or ``None``."""
+        p = self.result_path(beta)
+        if not (p.is_file() and self.state_path(beta).is_file()):
+            return None
+        return load_json(p, "budget result")
+
+    def trained_budgets(self) -> list[float]:
+        """Budgets with a complete state and result."""
+        root = self.path / "budgets"
+        if not root.is_dir():
+            return []
+        out = []
+        for d in root.iterdir():
+            if (d / "result.json").is_file() and (d / "state.safetensors").is_file():
+                try:
+                    out.append(float(d.name))
+                except ValueError:
+                    continue
+        return sorted(out, reverse=True)
+
+
+@dataclass
+class LoadedRun:
+    """A trained budget, ready for export or evaluation."""
+
+    run_dir: Path
+    config: TrainConfig
+    doc: dict[str, Any]
+    model: Any  # MultiDomainNet
+    budget: float
+    result: dict[str, Any]
+    domain_docs: list[dict[str, Any]]
+
+    @property
+    def run_hash(self) -> str:
+        """SHA-256 of the budget's state file (identifies what an export was made from)."""
+        return file_sha256(RunDir(self.run_dir).state_path(self.budget))
+
+    def domains(self, data_root: str | None = None) -> DomainSet:
+        """Reload the run's data (embedded suite, or the data root recorded / given)."""
+        from bap.data.sources import load_domains_from_origin
+
+        return load_domains_from_origin(self.doc["data_origin"], data_root)
+
+
+def domain_specs_from_doc(doc: dict[str, Any]):
+    """:class:`DomainSpec` list from a run config's ``domains`` entries."""
+    from bap.core.multidomain import DomainSpec
+
+    return [DomainSpec(d["name"], len(d["classes"]), tuple(d["mean"]), tuple(d["std"])) for d in doc["domains"]]
+
+
+def build_model_from_run(run: RunDir, doc: dict[str, Any]):
+    """Rebuild the (untrained) :class:`MultiDomainNet` of a run from its backbone file and config."""
+    from bap.core.graph import analyze
+    from bap.core.multidomain import build_multidomain
+    from bap.models.backbones import create_backbone
+
+    bdoc = doc["backbone"]
+    if not run.backbone_path.is_file():
+        raise IncompatibleArtifactError(f"{run.backbone_path} is missing", "the run directory is incomplete; retrain")
+    digest = file_sha256(run.backbone_path)
+    if digest != bdoc.get("sha256"):
+        raise IncompatibleArtifactError(
+            f"{run.backbone_path} does not match the hash recorded in config.json", "the run was modified; retrain"
+        )
+    backbone = create_backbone(bdoc["name"], str(run.backbone_path)).eval()
+    graph = analyze(backbone, int(bdoc["input_size"]))
+    return build_multidomain(backbone, graph, domain_specs_from_doc(doc)), backbone
+
+
+def load_run(run_dir: str | Path, budget: float | None = None) -> LoadedRun:
+    """Load one trained budget of a run directory.
+
+    Args:
+        run_dir: a ``bap train`` output directory.
+        budget: the budget to load; ``None`` picks the only one (error if several).
+
+    Raises:
+        IncompatibleArtifactError: missing / corrupt / foreign run, budget not trained (the error lists the
+            trained budgets), or a finetune baseline (not a multi-domain model).
+    """
+    from bap.core.io import load_state_dict
+
+    run = RunDir(run_dir)
+    doc = run.read_config()
+    try:
+        cfg = TrainConfig.from_dict(doc["config"])
+    except (KeyError, TypeError) as e:
+        raise IncompatibleArtifactError(f"{run.config_path} has no valid config ({e})", "retrain") from None
+    if cfg.method == "finetune":
+        raise IncompatibleArtifactError(
+            f"{run_dir} is a finetune baseline (one full network per domain), not a multi-domain model",
+            "export a bap, ba2 or feature run",
+        )
+    trained = run.trained_budgets()
+    if not trained:
+        raise IncompatibleArtifactError(f"{run_dir} has no completed budget", "finish training (bap train --resume)")
+    if budget is None:
+        if len(trained) > 1:
+            raise IncompatibleArtifactError(
+                f"{run_dir} has several budgets: {', '.join(budget_key(b) for b in trained)}", "pass --budget"
+            )
+        budget = trained[0]
+    if budget_key(budget) not in {budget_key(b) for b in trained}:
+        raise IncompatibleArtifactError(
+            f"budget {budget_key(budget)} was not trained in {run_dir}",
+            f"trained budgets: {', '.join(budget_key(b) for b in trained)}",
+        )
+    model, _ = build_model_from_run(run, doc)
+    state = load_state_dict(run.state_path(budget), what="budget state")
+    missing = set(model.trainable_state()) - set(state)
+    extra = set(state) - set(model.state_dict())
+    if missing or extra:
+        raise IncompatibleArtifactError(
+            f"{run.state_path(budget)} does not fit the run's backbone ({len(missing)} missing, {len(extra)} unexpected keys)",
+            "the run directory is inconsistent; retrain this budget",
+        )
+    model.load_state_dict(state, strict=False)
+    model.eval()
+    result = run.read_result(budget) or {}
+    return LoadedRun(Path(run_dir), cfg, doc, model, budget, result, doc["domains"])
+
+
+def preprocess_of(domain_doc: dict[str, Any]) -> Preprocess:
+    """The :class:`Preprocess` recorded for a domain."""
+    return Preprocess.from_dict(domain_doc["preprocess"])
