@@ -20,10 +20,13 @@ MAX_PIXELS = 64_000_000
 
 
 def decode_image(path: str | os.PathLike):
-    """Open and fully decode an image file with Pillow, refusing bombs and broken files."""
+    """Open and fully decode an image file with Pillow, refusing bombs and broken files.
+
+    The pixel limit is checked from the header, before any pixel data is decoded; Pillow's own global limit
+    is left alone.
+    """
     from PIL import Image, UnidentifiedImageError
 
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -93,12 +93,11 @@ def plan_summary(graph, plan: ChannelPlan, on: torch.Tensor) -> list[dict[str, A
         r["macs_backbone"] += _layer_macs(c.in_channels, c.out_channels, c)
         consumer = graph.chain_consumer(c.name)
         for i, d in enumerate(plan.domains):
-            act_in = int(on[i, c.offset : c.offset + c.in_channels].sum())
-            act_out = (
-                int(on[i, consumer.offset : consumer.offset + consumer.in_channels].sum())
-                if consumer
-                else c.out_channels
-            )
+            # a conv keeps >= 1 input channel even where a domain switched all off (the graph stays valid)
+            act_in = max(1, int(on[i, c.offset : c.offset + c.in_channels].sum()))
+            act_out = c.out_channels
+            if consumer is not None:
+                act_out = max(1, int(on[i, consumer.offset : consumer.offset + consumer.in_channels].sum()))
             r["macs"][d] += _layer_macs(act_in, act_out, c)
     return list(rows.values())
 

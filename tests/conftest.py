@@ -1,0 +1,112 @@
+"""Shared fixtures: a hermetic bap cache, CPU-only settings, and one tiny trained run reused by many tests."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _bap_cache(tmp_path_factory):
+    """Every test session gets its own cache (suite, pretrained backbones, crash logs)."""
+    path = tmp_path_factory.mktemp("bap-cache")
+    old = os.environ.get("BAP_CACHE_DIR")
+    os.environ["BAP_CACHE_DIR"] = str(path)
+    import torch
+
+    torch.set_num_threads(2)
+    yield path
+    if old is None:
+        os.environ.pop("BAP_CACHE_DIR", None)
+    else:
+        os.environ["BAP_CACHE_DIR"] = old
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip hardware-marked tests where the hardware is absent."""
+    import importlib.util
+
+    has_cuda = False
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except Exception:  # noqa: BLE001
+        pass
+    has_trt = importlib.util.find_spec("tensorrt") is not None and has_cuda
+    is_jetson = Path("/etc/nv_tegra_release").exists()
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU"))
+        if "trt" in item.keywords and not has_trt:
+            item.add_marker(pytest.mark.skip(reason="needs TensorRT and a GPU"))
+        if "jetson" in item.keywords and not is_jetson:
+            item.add_marker(pytest.mark.skip(reason="needs a Jetson"))
+
+
+@pytest.fixture(scope="session")
+def suite():
+    from bap.data.suite import build_suite
+
+    return build_suite()
+
+
+TINY_TRAIN = dict(
+    backbone="test_cnn",
+    budgets=(1.0, 0.5),
+    epochs=2,
+    steps_per_epoch=6,
+    batch_size=32,
+    lr_milestones=(2,),
+    pretrain_epochs=1,
+    bn_recal_images=256,
+    quiet=True,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A trained bap run on the embedded suite with the tiny backbone (budgets 1.0 and 0.5)."""
+    from bap.trainer import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    report = train(TrainConfig(out=str(out), **TINY_TRAIN))
+    return out, report
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_run, tmp_path_factory):
+    """The tiny run's budget 0.5 exported (with every specialised model)."""
+    from bap.exporter import ExportConfig, export
+
+    run_dir, _ = tiny_run
+    out = tmp_path_factory.mktemp("exports") / "tiny"
+    res = export(ExportConfig(run_dir=str(run_dir), budget=0.5, out=str(out), specialise=("all",), validation_images=8))
+    return out, res
+
+
+def run_cli(args, capsys=None):
+    """Run ``bap ARGS`` in-process; return (exit code, stdout, stderr)."""
+    from bap.cli.main import main
+
+    code = 0
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    if capsys is not None:
+        out, err = capsys.readouterr()
+        return code, out, err
+    return code, "", ""
+
+
+sys.path.insert(0, str(Path(__file__).parent))
