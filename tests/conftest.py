@@ -40,7 +40,7 @@ def pytest_collection_modifyitems(config, items):
         import torch
 
         has_cuda = torch.cuda.is_available()
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
     has_trt = importlib.util.find_spec("tensorrt") is not None and has_cuda
     is_jetson = Path("/etc/nv_tegra_release").exists()

@@ -27,7 +27,7 @@ def test_straight_through_estimator_passes_gradients():
 
 
 def test_switched_off_gradient_reaches_switches_through_the_network():
-    m, _, g, _ = random_multidomain()
+    m, _, _g, _ = random_multidomain()
     m.train()
     x = torch.rand(4, 3, 32, 32)
     m(x, 1).sum().backward()
@@ -51,7 +51,7 @@ def test_per_sample_domains_equal_single_domain_batches():
 
 
 def test_only_trainable_parts_have_gradients():
-    m, _, g, _ = random_multidomain()
+    m, _, _g, _ = random_multidomain()
     frozen = m.frozen_keys()
     for name, p in m.named_parameters():
         assert p.requires_grad == (name not in frozen), name

@@ -38,5 +38,5 @@ def test_bad_files_are_one_line_input_errors(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="not found"):
         load_image_tensor(tmp_path / "nope.png", 32)
     monkeypatch.setattr(images, "MAX_PIXELS", 1000)
-    with pytest.raises(InputError, match="pixels|decompression-bomb"):
+    with pytest.raises(InputError, match=r"pixels|decompression-bomb"):
         load_image_tensor(tmp_path / "ok.png", 32)
