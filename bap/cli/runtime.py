@@ -2,10 +2,188 @@
 
 from __future__ import annotations
 
-import typer
+import json
+from pathlib import Path
+from typing import Annotated, Any
 
-__all__ = ["register"]
+import typer
+from rich.table import Table
+
+from bap.cli._console import RichCallback, console, setup_logging
+from bap.cli._options import DataRootOpt, JsonOpt, QuietOpt, VerboseOpt, parse_csv, parse_ints
+
+__all__ = ["bench_table", "register"]
+
+ExportArg = Annotated[
+    Path, typer.Argument(help="An export directory (or a self-describing model.onnx).", show_default=False)
+]
+DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or jetson (no silent CPU fallback).")]
+BackendOpt = Annotated[str, typer.Option(help="ort (ONNX Runtime) or trt (the export's TensorRT engine).")]
+ThreadsOpt = Annotated[
+    int | None, typer.Option(help="ONNX Runtime intra-op threads (default: ORT's choice).", show_default=False)
+]
+
+
+def evaluate(
+    export: ExportArg,
+    data_root: DataRootOpt = None,
+    split: Annotated[str, typer.Option(help="test, val or train.")] = "test",
+    device: DeviceOpt = "cpu",
+    backend: BackendOpt = "ort",
+    threads: ThreadsOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Accuracy of the exported model on every domain's test split (equals the trainer's report)."""
+    from bap.errors import ConfigError
+    from bap.runtime import load
+    from bap.runtime.evaluate import evaluate_export
+
+    setup_logging(verbose, quiet)
+    if split not in ("test", "val", "train"):
+        raise ConfigError(f"unknown split {split!r}", "use --split test, val or train")
+    model = load(export, backend=backend, device=device, threads=threads)
+    res = evaluate_export(
+        model, str(data_root) if data_root else None, split, callback=RichCallback(not (quiet or as_json))
+    )
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    if quiet:
+        return
+    t = Table(title=f"bap eval: {export} ({split}, {', '.join(res['providers'])})")
+    t.add_column("domain")
+    t.add_column("images", justify="right")
+    t.add_column("accuracy", justify="right")
+    for d, a in res["accuracy"].items():
+        t.add_row(d, str(res["samples"][d]), f"{a:.4f}")
+    t.add_row("[bold]mean", "", f"[bold]{res['mean_accuracy']:.4f}")
+    console.print(t)
+    if res["s_score"] is not None:
+        console.print(f"S-score: {res['s_score']:.0f} (of {1000 * len(res['accuracy'])})")
+
+
+def predict(
+    export: ExportArg,
+    images: Annotated[list[Path], typer.Argument(help="Image files.", show_default=False)],
+    domain: Annotated[
+        str, typer.Option("--domain", "-d", help="Domain name or id of every image (or a,b,... one per image).")
+    ] = ...,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes to show per image.")] = 5,
+    device: DeviceOpt = "cpu",
+    backend: BackendOpt = "ort",
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Classify image files with an exported model: top-k (class, probability) per image."""
+    from bap.runtime import load
+
+    setup_logging(verbose, False)
+    model = load(export, backend=backend, device=device)
+    names: Any = parse_csv(domain)
+    doms: Any = [int(d) if d.isdigit() else d for d in names]
+    if len(doms) == 1:
+        doms = doms[0]
+    preds = model.predict(list(images), doms, top_k=top_k)
+    if as_json:
+        typer.echo(json.dumps([p.to_dict() for p in preds], indent=2))
+        return
+    for p in preds:
+        top = ", ".join(f"{c} {prob:.3f}" for c, prob in p.top_k)
+        console.print(f"{p.source} ({p.domain}): {top}", markup=False)
+
+
+def bench_table(doc: dict[str, Any]) -> Table:
+    """Per model x batch: latency percentiles, throughput, memory, size and ratios to the backbone."""
+    ratios = {(r["batch"], r["model"]): r for r in doc["ratios"]}
+    t = Table(
+        title=f"bap bench ({doc['device'].get('device')}, {doc['device'].get('backend')}, {doc['device'].get('threads') or 'auto'} threads)"
+    )
+    for col in ("model", "batch", "median ms", "p90", "p99", "img/s", "peak RSS MB", "file MB", "MACs×", "latency×"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for r in doc["results"]:
+        if "error" in r:
+            t.add_row(r["role"], str(r["batch"]), f"[red]error: {r['error'][:60]}", "", "", "", "", "", "", "")
+            continue
+        q = ratios.get((r["batch"], r["model"]))
+        lat = r["latency_ms"]
+        t.add_row(
+            r["role"],
+            str(r["batch"]),
+            f"{lat['median']:.3f}",
+            f"{lat['p90']:.3f}",
+            f"{lat['p99']:.3f}",
+            f"{r['throughput']:.0f}",
+            f"{r.get('peak_rss_mb', float('nan')):.0f}",
+            f"{r['file_mb']:.2f}",
+            "1.00" if r["role"] == "backbone" else f"{q['macs']:.2f}" if q else "-",
+            "1.00" if r["role"] == "backbone" else f"{q['latency']:.2f}" if q else "-",
+        )
+    return t
+
+
+def bench(
+    export: ExportArg,
+    device: DeviceOpt = "cpu",
+    backend: BackendOpt = "ort",
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32",
+    warmup_s: Annotated[float, typer.Option(help="Warm-up seconds per model and batch.")] = 1.0,
+    duration_s: Annotated[float, typer.Option(help="Minimum measured seconds per model and batch.")] = 3.0,
+    iterations: Annotated[int, typer.Option(help="Minimum iterations per model and batch.")] = 20,
+    threads: ThreadsOpt = None,
+    domains: Annotated[
+        str | None,
+        typer.Option(help="Domains cycled through the multi-domain batches (default all).", show_default=False),
+    ] = None,
+    input_size: Annotated[
+        int | None, typer.Option(help="Square input size (default: the manifest's).", show_default=False)
+    ] = None,
+    memory: Annotated[bool, typer.Option(help="Peak RSS per model in a fresh process.")] = True,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the bap.bench/1 JSON here.", show_default=False)
+    ] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a latency plot (PNG).", show_default=False)] = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Latency / throughput / memory of the compact model against backbone.onnx, interleaved, with ratios."""
+    from bap.core.io import atomic_write_json
+    from bap.runtime.bench import BenchConfig
+    from bap.runtime.bench import bench as run_bench
+
+    setup_logging(verbose, quiet)
+    cfg = BenchConfig(
+        export=str(export),
+        device=device,
+        backend=backend,
+        batch_sizes=parse_ints(batch_sizes, "--batch-sizes"),
+        warmup_s=warmup_s,
+        duration_s=duration_s,
+        iterations=iterations,
+        threads=threads,
+        domains=parse_csv(domains),
+        input_size=input_size,
+        memory=memory,
+    )
+    doc = run_bench(cfg, RichCallback(False))
+    if json_out:
+        atomic_write_json(json_out, doc)
+    if plot:
+        from bap.runtime.plots import plot_bench
+
+        plot_bench(doc, plot)
+    if not quiet:
+        console.print(bench_table(doc))
+        md = [r for r in doc["ratios"] if r["role"] == "multi-domain"]
+        for r in md:
+            console.print(
+                f"batch {r['batch']}: multi-domain/backbone latency {r['latency']:.2f}x at {r['macs']:.2f}x MACs, params {r['params']:.2f}x, file {r['file_size']:.2f}x"
+            )
 
 
 def register(app: typer.Typer) -> None:
     """Add the commands to the root app."""
+    app.command("eval")(evaluate)
+    app.command("predict")(predict)
+    app.command("bench")(bench)

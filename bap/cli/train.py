@@ -66,7 +66,7 @@ def train(
             help="switches (paper: mean of switches) or macs (switches weighted by the compute they control)."
         ),
     ] = "switches",
-    lambda_ps: Annotated[float, typer.Option("--lambda-ps", help="Weight of the parameter-sharing loss (bap).")] = 0.5,
+    lambda_ps: Annotated[float, typer.Option("--lambda-ps", help="Weight of the parameter-sharing loss (bap).")] = 1.0,
     ps_scale: Annotated[
         str, typer.Option(help="none, or lambda: scale the sharing weight by max(1, budget multiplier).")
     ] = "none",

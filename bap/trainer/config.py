@@ -85,7 +85,7 @@ class TrainConfig:
     lr_finetune: float = 0.01
     weight_decay: float = 5e-4
     lr_milestones: tuple[int, ...] = (5,)
-    lambda_ps: float = 0.5
+    lambda_ps: float = 1.0
     ps_scale: str = "none"
     lambda_lr: float | None = None
     bn_recal_images: int = 2048

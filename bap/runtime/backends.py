@@ -1,0 +1,161 @@
+"""Inference backends behind one interface, chosen through a registry: ONNX Runtime and TensorRT engines."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from bap.core.registry import Registry
+from bap.errors import IncompatibleArtifactError, MissingDependencyError, UnsupportedDeviceError
+
+__all__ = ["BACKENDS", "Backend", "OrtBackend", "TrtBackend", "ort_providers_for"]
+
+log = logging.getLogger(__name__)
+
+
+class Backend(Protocol):
+    """What the runtime needs from an inference engine."""
+
+    name: str
+    providers: list[str]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Run once and return the first output."""
+
+    def describe(self) -> dict[str, Any]:
+        """Facts to record (providers actually used, versions, device)."""
+
+
+BACKENDS: Registry = Registry("backend", "--backend")
+
+# preferred ONNX Runtime execution providers per device; TensorRT EP before CUDA EP (ORT tries them in order)
+_PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "jetson": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+    "trt-ep": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def ort_providers_for(device: str) -> list[str]:
+    """Execution providers to request for ``device``."""
+    return list(_PROVIDERS.get(device, _PROVIDERS["cpu"]))
+
+
+@BACKENDS.register("ort")
+class OrtBackend:
+    """ONNX Runtime. Records ``session.get_providers()``: a missing GPU provider falls back to CPU silently."""
+
+    name = "ort"
+
+    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None, strict: bool = True):
+        import onnxruntime as ort
+
+        requested = ort_providers_for(device)
+        available = ort.get_available_providers()
+        if device != "cpu" and requested[0] not in available and strict:
+            raise UnsupportedDeviceError(
+                f"ONNX Runtime here has no {requested[0]} (available: {', '.join(available)})",
+                "install onnxruntime-gpu (pip install 'bap[gpu]') or use --device cpu",
+            )
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+        self.threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), so, providers=[p for p in requested if p in available])
+        except Exception as e:  # ORT raises its own exception types for invalid models
+            raise IncompatibleArtifactError(
+                f"ONNX Runtime cannot load {path} ({str(e).splitlines()[0][:200]})", "re-export the model"
+            ) from None
+        self.providers = self.session.get_providers()
+        self.inputs = {i.name: i for i in self.session.get_inputs()}
+        self.output = self.session.get_outputs()[0].name
+        self.path = path
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Run once."""
+        return self.session.run([self.output], {k: v for k, v in feeds.items() if k in self.inputs})[0]
+
+    def describe(self) -> dict[str, Any]:
+        """Backend facts."""
+        import onnxruntime as ort
+
+        return {"backend": "ort", "onnxruntime": ort.__version__, "providers": self.providers, "threads": self.threads}
+
+
+@BACKENDS.register("trt")
+class TrtBackend:
+    """A TensorRT engine (``model.plan``) run with ``execute_async_v3`` + ``set_tensor_address`` (TensorRT 8.5+).
+
+    Device buffers come from PyTorch's CUDA allocator, which avoids a second CUDA binding dependency.
+    """
+
+    name = "trt"
+
+    def __init__(self, path: Path, device: str = "cuda", threads: int | None = None, strict: bool = True):
+        from bap.exporter.trt import require_tensorrt
+
+        trt = require_tensorrt()
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UnsupportedDeviceError(
+                "the TensorRT backend needs a CUDA GPU", "run on the target GPU or use --backend ort"
+            )
+        if not hasattr(trt.IExecutionContext, "execute_async_v3"):
+            raise MissingDependencyError(
+                f"TensorRT {trt.__version__} lacks execute_async_v3", "use TensorRT 8.5 or newer"
+            )
+        self.trt, self.torch = trt, torch
+        logger = trt.Logger(trt.Logger.WARNING)
+        runtime = trt.Runtime(logger)
+        engine = runtime.deserialize_cuda_engine(Path(path).read_bytes())
+        if engine is None:
+            raise IncompatibleArtifactError(
+                f"TensorRT {trt.__version__} cannot load {path} (built by another TensorRT version or GPU)",
+                "rebuild the engine on this machine: bap export RUN --target trt",
+            )
+        self.engine = engine
+        self.context = engine.create_execution_context()
+        self.names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self.input_names = [n for n in self.names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.output_name = next(n for n in self.names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        self.stream = torch.cuda.Stream()
+        self.providers = ["TensorRT"]
+        self.path = path
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Copy inputs to the GPU, enqueue, synchronise, copy the output back."""
+        torch, trt = self.torch, self.trt
+        bufs = {}
+        for n in self.input_names:
+            arr = feeds[n]
+            dtype = trt.nptype(self.engine.get_tensor_dtype(n))
+            t = torch.from_numpy(np.ascontiguousarray(arr.astype(dtype))).cuda()
+            self.context.set_input_shape(n, tuple(arr.shape))
+            self.context.set_tensor_address(n, int(t.data_ptr()))
+            bufs[n] = t
+        shape = tuple(self.context.get_tensor_shape(self.output_name))
+        out_dtype = trt.nptype(self.engine.get_tensor_dtype(self.output_name))
+        out = torch.empty(shape, dtype=getattr(torch, np.dtype(out_dtype).name), device="cuda")
+        self.context.set_tensor_address(self.output_name, int(out.data_ptr()))
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise RuntimeError("TensorRT execute_async_v3 failed")
+        self.stream.synchronize()
+        return out.float().cpu().numpy()
+
+    def describe(self) -> dict[str, Any]:
+        """Backend facts."""
+        return {"backend": "trt", "tensorrt": self.trt.__version__, "gpu": self.torch.cuda.get_device_name(0)}
+
+
+def tensorrt_available() -> bool:
+    """True if the ``tensorrt`` module can be found (it may still fail to load without a GPU)."""
+    return importlib.util.find_spec("tensorrt") is not None
