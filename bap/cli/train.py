@@ -101,6 +101,9 @@ def train(
         str | None, typer.Option(help="Paper settings: paper-decathlon or paper-i2s.", show_default=False)
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of initialisation and batch order.")] = 0,
+    pretrain_epochs: Annotated[
+        int, typer.Option(help="Epochs of backbone pretraining on the source domain (when no --weights; cached).")
+    ] = 6,
     round_to: Annotated[int, typer.Option(help="Channel rounding used for the MAC/param metrics (1, 8, 16, 32).")] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     amp: Annotated[bool, typer.Option(help="bfloat16 autocast on CUDA.")] = True,
@@ -115,10 +118,13 @@ def train(
     With no arguments: the embedded 5-domain suite, the default backbone (pretrained on the source domain and
     cached the first time), budgets 1.0 and 0.5, into runs/default. Runs under torchrun for several processes.
     """
+    import os
+
     from bap.trainer import TrainConfig
     from bap.trainer import train as run_train
 
-    setup_logging(verbose, quiet)
+    quiet = quiet or int(os.environ.get("RANK", "0")) > 0  # under torchrun only rank 0 reports
+    setup_logging(verbose, quiet and not verbose)
     cfg = TrainConfig(
         out=str(out),
         method=method,
@@ -142,6 +148,7 @@ def train(
         lambda_lr=lambda_lr,
         preset=preset,
         round_to=round_to,
+        pretrain_epochs=pretrain_epochs,
         device=device,
         amp=amp,
         resume=resume,

@@ -370,6 +370,7 @@ def create_backbone(name: str, weights: str | None = None) -> nn.Module:
     """
     spec = BACKBONES.get(name)
     model = spec.factory()
+    model.bap_name = name  # lets artifacts record which registered backbone this is
     if weights is None:
         return model
     if weights.startswith("torchvision:"):

@@ -60,6 +60,21 @@ class DistContext:
         for t in tensors:
             dist.broadcast(t, 0)
 
+    def checksum_agrees(self, tensors) -> str:
+        """A checksum of ``tensors`` that every rank must share; raises if the ranks diverged."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for t in tensors:
+            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+        digest = h.hexdigest()[:16]
+        if self.enabled:
+            seen: list[str] = [""] * self.world
+            dist.all_gather_object(seen, digest)
+            if len(set(seen)) != 1:
+                raise RuntimeError(f"DDP ranks diverged: trainable-parameter checksums {seen}")
+        return digest
+
     def barrier(self) -> None:
         """Wait for every rank."""
         if self.enabled:

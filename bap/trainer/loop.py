@@ -169,6 +169,7 @@ def train(cfg: TrainConfig, callback: Any = None) -> dict[str, Any]:
     _check_domains(domains)
     if doc is not None and [d["name"] for d in doc["domains"]] != domains.names:
         raise IncompatibleArtifactError(f"{run.path} was trained on other domains", "resume with the same data")
+    dist.barrier()  # every rank has checked the run directory before rank 0 writes to it
     lock = RunLock(run.path) if dist.is_main else None
     if lock:
         lock.acquire()
@@ -353,6 +354,10 @@ def _train_budget(ctx: TaskContext, run: RunDir, beta: float, cb, stop: threadin
         )
     cb.on_phase_end()
     res, state = task.finalize()
+    if dist.enabled:
+        digest = dist.checksum_agrees([p for p in task.trainable()])
+        log.info("rank %d/%d: trainable parameters agree across ranks (checksum %s)", dist.rank, dist.world, digest)
+        res["ddp"] = {"world_size": dist.world, "checksum": digest}
     res = {
         "method": cfg.method,
         "budget": beta,
