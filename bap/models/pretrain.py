@@ -83,7 +83,7 @@ def pretrain_backbone(
             opt.step()
             sched.step()
             if callback:
-                callback.on_advance(1, loss=float(loss))
+                callback.on_advance(1, loss=float(loss.detach()))
     net.eval()
     correct = 0
     with torch.no_grad():

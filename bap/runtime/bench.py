@@ -85,7 +85,9 @@ class BenchConfig:
 def percentile(sorted_ms: list[float], p: float) -> float:
     """Nearest-rank percentile as trtexec computes it: ``sorted[n - 1 - int((1 - p/100) * n)]``."""
     n = len(sorted_ms)
-    return sorted_ms[max(0, min(n - 1, n - 1 - int((1 - p / 100.0) * n)))]
+    # float32 arithmetic as in trtexec's C++ (with float64, 1 - 0.9 rounds below 0.1 and picks the next sample)
+    k = int((np.float32(1.0) - np.float32(p) / np.float32(100.0)) * np.float32(n))
+    return sorted_ms[max(0, min(n - 1, n - 1 - k))]
 
 
 def latency_stats(ms: list[float]) -> dict[str, float]:
@@ -132,9 +134,13 @@ def _models(cfg: BenchConfig, manifest: dict[str, Any], root: Path) -> list[dict
 
 
 def _onnx_params(path: Path) -> int:
+    """Float weights stored in the ONNX file (0 if it cannot be read: that case records its own error)."""
     import onnx
 
-    m = onnx.load(str(path), load_external_data=False)
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return 0
     return int(sum(int(np.prod(t.dims)) for t in m.graph.initializer if t.data_type in (1, 10, 16)))
 
 

@@ -114,7 +114,7 @@ class SwitchTask:
         self.model.train()
         out = switch_step_losses(self.model, x, y, d, self.beta, self.lambdas[d], self.weights, self.lambda_ps(d))
         out["loss"].backward()
-        return {k: float(v) for k, v in out.items() if k != "logits" and k != "loss"} | {"loss": float(out["loss"])}
+        return {k: float(v.detach()) for k, v in out.items() if k != "logits"}
 
     def after_step(self, d: int, stats: dict[str, float]) -> None:
         """Projected ascent of domain ``d``'s budget multiplier."""
@@ -224,7 +224,7 @@ class FeatureTask(SwitchTask):
             f = self.model.features(x, d)
         ce = F.cross_entropy(self.model.heads(f, d), y)
         ce.backward()
-        return {"loss": float(ce), "ce": float(ce)}
+        return {"loss": float(ce.detach()), "ce": float(ce.detach())}
 
     def after_step(self, d: int, stats: dict[str, float]) -> None:
         """No multiplier."""
@@ -308,7 +308,7 @@ class FinetuneTask:
         self.model.train()
         ce = F.cross_entropy(self.model(x, d), y)
         ce.backward()
-        return {"loss": float(ce), "ce": float(ce)}
+        return {"loss": float(ce.detach()), "ce": float(ce.detach())}
 
     def after_step(self, d: int, stats: dict[str, float]) -> None:
         """Nothing to update."""

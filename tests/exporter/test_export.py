@@ -1,0 +1,155 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from bap.core.compact import plan_channels
+from bap.core.graph import analyze
+from bap.core.multidomain import DomainSpec, build_multidomain
+from bap.data.suite import build_suite
+from bap.exporter import ExportConfig, export, read_manifest
+from bap.exporter.manifest import manifest_from_onnx
+from bap.exporter.validate import ort_session
+from bap.models import create_backbone
+from bap.testing import random_switches_, write_run_dir
+from bap.trainer import load_run
+from bap.trainer.sampling import eval_view
+
+
+def _synthetic_run(tmp_path, backbone, seed=0, domains=("mnist", "faces", "textures")):
+    suite = build_suite().select(list(domains))
+    bb = create_backbone(backbone).eval()
+    g = analyze(bb, 32)
+    m = build_multidomain(bb, g, [DomainSpec(d.name, d.num_classes, d.mean, d.std) for d in suite])
+    random_switches_(m, seed=seed)
+    return write_run_dir(tmp_path / f"run-{backbone}", m.eval(), bb, suite), suite
+
+
+def _ort_vs_masked(out_dir, run_dir, suite, batch):
+    model = load_run(run_dir).model
+    sess = ort_session(out_dir / "model.onnx")
+    worst = 0.0
+    for d, dom in enumerate(suite):
+        x = eval_view(dom.test.get_batch(torch.arange(6))[0], dom.preprocess)
+        for i in range(0, 6, batch):
+            xb = x[i : i + batch]
+            ids = torch.full((xb.shape[0],), d)
+            ref = model(xb, ids).detach().numpy()
+            out = sess.run(["logits"], {"image": xb.numpy(), "domain": ids.numpy()})[0]
+            k = dom.num_classes
+            worst = max(worst, float(np.abs(ref[:, :k] - out[:, :k]).max()))
+            assert np.isneginf(out[:, k:]).all()
+    # mixed-domain batch
+    xs, ids = [], []
+    for d, dom in enumerate(suite):
+        xs.append(eval_view(dom.test.get_batch(torch.arange(3))[0], dom.preprocess))
+        ids += [d] * 3
+    x, ids = torch.cat(xs), torch.tensor(ids)
+    perm = torch.randperm(len(ids), generator=torch.Generator().manual_seed(0))
+    x, ids = x[perm], ids[perm]
+    ref = model(x, ids).detach().numpy()
+    out = sess.run(["logits"], {"image": x.numpy(), "domain": ids.numpy()})[0]
+    fin = np.isfinite(ref)
+    assert (fin == np.isfinite(out)).all()
+    return max(worst, float(np.abs(ref[fin] - out[fin]).max()))
+
+
+@pytest.mark.parametrize("backbone", ["test_cnn", "test_bottleneck"])
+@pytest.mark.parametrize("round_to", [1, 8])
+def test_exported_model_equals_masked_model(tmp_path, backbone, round_to):
+    run_dir, suite = _synthetic_run(tmp_path, backbone)
+    out = tmp_path / "exp"
+    res = export(ExportConfig(run_dir=str(run_dir), out=str(out), round_to=round_to, validation_images=4))
+    assert res.manifest["validation"]["passed"]
+    for batch in (1, 6):
+        assert _ort_vs_masked(out, run_dir, suite, batch) <= 1e-4
+    m = onnx.load(str(out / "model.onnx"))
+    ops = {n.op_type for n in m.graph.node}
+    assert "If" not in ops and "BatchNormalization" not in ops and "Gather" in ops
+    onnx.checker.check_model(str(out / "model.onnx"), full_check=True)
+    if round_to == 8:
+        for name, k in res.manifest["kept_channels"].items():
+            assert k["in_kept"] % 8 == 0 or k["in_kept"] == k["in_total"], name
+
+
+def test_kept_channels_equal_the_union_and_dead_chains_vanish(tmp_path):
+    run_dir, _ = _synthetic_run(tmp_path, "test_cnn", seed=3)
+    run = load_run(run_dir)
+    g = run.model.graph
+    on = run.model.switches.binary()
+    res = export(ExportConfig(run_dir=str(run_dir), out=str(tmp_path / "e"), validation_images=4))
+    kept = res.manifest["kept_channels"]
+    for c in g.convs:
+        union = torch.nonzero(on[:, c.offset : c.offset + c.in_channels].any(0)).flatten().tolist()
+        assert kept[c.name]["in_keep"] == (union or kept[c.name]["in_keep"][:1])
+    # chain channels off in every domain are gone from producer and consumer in the ONNX weights
+    onnx_model = onnx.load(str(tmp_path / "e" / "model.onnx"))
+    shapes = sorted(tuple(t.dims) for t in onnx_model.graph.initializer if len(t.dims) == 4)
+    for c in g.convs:
+        if c.kind == "chain":
+            n = kept[c.name]["in_kept"]
+            assert kept[c.producer]["out_kept"] == n
+            assert any(s[1] == n for s in shapes) and any(s[0] == n for s in shapes)
+
+
+def test_manifest_round_trips_and_is_embedded(tiny_export):
+    out, res = tiny_export
+    doc = json.loads((out / "manifest.json").read_text())
+    assert read_manifest(out) == doc == json.loads(json.dumps(res.manifest))
+    embedded = manifest_from_onnx(onnx.load(str(out / "model.onnx")))
+    assert embedded == {k: v for k, v in doc.items() if k != "files"}
+    for key in ("format", "domains", "input", "budget", "method", "kept_channels", "macs", "params", "rel_macs",
+                "rel_macs_mean", "rel_params", "validation", "versions", "source_run"):  # fmt: skip
+        assert key in doc, key
+    assert doc["format"] == "bap.export/1"
+    assert doc["validation"]["passed"] is True
+    for d in doc["domains"]:
+        assert doc["validation"][d["name"]]["max_abs_diff"] <= 1e-4
+        assert doc["validation"][d["name"]]["top1_agreement"] == 1.0
+    assert doc["macs"]["backbone"] > doc["macs"]["model"] >= max(doc["macs"][d["name"]] for d in doc["domains"])
+    assert all(doc["files"][f]["sha256"] for f in doc["files"])
+
+
+def test_backbone_and_specialised_models_match_their_references(tiny_export, tiny_run):
+    out, res = tiny_export
+    run = load_run(tiny_run[0], 0.5)
+    model = run.model
+    ds = run.domains()
+    checks = res.manifest["validation"]["models"]
+    assert checks["backbone.onnx"]["max_abs_diff"] <= 1e-4 * max(1, checks["backbone.onnx"]["logit_scale"])
+    import copy
+
+    ref_all_on = copy.deepcopy(model)
+    ref_all_on.switches.set_binary_(torch.ones_like(ref_all_on.switches.binary()))
+    x = eval_view(ds[0].test.get_batch(torch.arange(8))[0], ds[0].preprocess)
+    out_bb = ort_session(out / "backbone.onnx").run(["logits"], {"image": x.numpy()})[0]
+    ref = ref_all_on.eval()(x, 0).detach().numpy()
+    assert np.abs(out_bb - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+    for d, dom in enumerate(ds):
+        f = res.manifest["specialised"][dom.name]["file"]
+        x = eval_view(dom.test.get_batch(torch.arange(8))[0], dom.preprocess)
+        got = ort_session(out / f).run(["logits"], {"image": x.numpy()})[0]
+        np.testing.assert_allclose(got, model(x, d).detach().numpy(), atol=1e-4, rtol=0)
+        assert res.manifest["specialised"][dom.name]["macs"] <= res.manifest["macs"]["model"]
+
+
+def test_domain_subset_and_fp16(tmp_path):
+    run_dir, _suite = _synthetic_run(tmp_path, "test_cnn")
+    out = tmp_path / "sub"
+    res = export(ExportConfig(run_dir=str(run_dir), out=str(out), domains=("textures",), validation_images=4))
+    assert [d["name"] for d in res.manifest["domains"]] == ["textures"]
+    assert (out / "specialised-textures.onnx").is_file()  # one named domain implies its specialised model
+    run = load_run(run_dir)
+    names = [d.name for d in run.model.domains]
+    on = run.model.switches.binary()[[names.index("textures")]]
+    plan = plan_channels(run.model.graph, on, ["textures"])
+    assert res.manifest["kept_channels"]["layers.1.0.conv2"]["in_kept"] == len(plan.layers["layers.1.0.conv2"].in_keep)
+    res16 = export(
+        ExportConfig(run_dir=str(run_dir), out=str(tmp_path / "fp16"), precision="fp16", validation_images=4)
+    )
+    assert res16.manifest["validation"]["passed"] and res16.manifest["precision"] == "fp16"
+    m = onnx.load(str(tmp_path / "fp16" / "model.onnx"))
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in m.graph.initializer)
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # I/O stay fp32

@@ -1,0 +1,90 @@
+import json
+import shutil
+
+import pytest
+
+from bap.errors import ConfigError, UnsupportedDeviceError
+from bap.runtime.bench import BenchConfig, bench, latency_stats, percentile, validate_bench
+from bap.runtime.devices import cuda_present, detect_jetson, parse_jetson_clocks
+
+
+def test_trtexec_percentiles():
+    ms = [float(i) for i in range(1, 101)]
+    # trtexec: sorted[n - 1 - int((1 - p/100) * n)] in float32; for n = 100, p99 rounds to the largest sample
+    assert percentile(ms, 90) == 90.0 and percentile(ms, 95) == 95.0 and percentile(ms, 99) == 100.0
+    assert percentile(ms, 50) == 50.0 and percentile([5.0], 99) == 5.0
+    s = latency_stats([3.0, 1.0, 2.0, 4.0])
+    assert s["median"] == 2.5 and s["min"] == 1.0 and s["max"] == 4.0 and s["mean"] == 2.5
+
+
+@pytest.fixture(scope="module")
+def bench_doc(tiny_export, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    export_dir = out / "export"
+    shutil.copytree(tiny_export[0], export_dir)
+    (export_dir / "specialised-faces.onnx").write_bytes(b"not an onnx file")  # this case must fail alone
+    cfg = BenchConfig(
+        export=str(export_dir), batch_sizes=(1, 4), warmup_s=0.05, duration_s=0.2, iterations=5, threads=1
+    )
+    return bench(cfg)
+
+
+def test_bench_json_validates_and_ratios_are_ratios_of_medians(bench_doc):
+    doc = validate_bench(json.loads(json.dumps(bench_doc)))
+    base = {r["batch"]: r for r in doc["results"] if r["role"] == "backbone"}
+    by = {(r["batch"], r["model"]): r for r in doc["results"]}
+    assert doc["ratios"]
+    for q in doc["ratios"]:
+        r, b = by[(q["batch"], q["model"])], base[q["batch"]]
+        assert q["latency"] == pytest.approx(r["latency_ms"]["median"] / b["latency_ms"]["median"])
+        assert q["throughput"] == pytest.approx(r["throughput"] / b["throughput"])
+        assert q["macs"] == pytest.approx(r["macs"] / b["macs"])
+        assert q["file_size"] == pytest.approx(r["file_mb"] / b["file_mb"])
+        assert q["peak_rss"] == pytest.approx(r["peak_rss_mb"] / b["peak_rss_mb"])
+    md = [q for q in doc["ratios"] if q["role"] == "multi-domain"]
+    assert [q["batch"] for q in md] == [1, 4]
+    assert all(q["macs"] < 1 for q in md)
+    for r in doc["results"]:
+        if "error" not in r:
+            assert r["iterations"] >= 5 and r["peak_rss_mb"] > 0
+            lat = r["latency_ms"]
+            assert lat["min"] <= lat["median"] <= lat["p99"] <= lat["max"]
+    assert doc["device"]["device"] == "cpu" and doc["device"]["providers"] == ["CPUExecutionProvider"]
+
+
+def test_a_failing_case_is_recorded_not_fatal(bench_doc):
+    bad = [r for r in bench_doc["results"] if r["role"] == "specialised:faces"]
+    assert len(bad) == 2 and all("error" in r for r in bad)
+    assert all("error" not in r for r in bench_doc["results"] if r["role"] != "specialised:faces")
+
+
+def test_this_machine_is_neither_jetson_nor_cuda(tiny_export):
+    assert detect_jetson() is None
+    assert cuda_present() is False
+    with pytest.raises(UnsupportedDeviceError, match="no NVIDIA GPU"):
+        bench(BenchConfig(export=str(tiny_export[0]), device="cuda"))
+    with pytest.raises(UnsupportedDeviceError, match="not a Jetson"):
+        bench(BenchConfig(export=str(tiny_export[0]), device="jetson"))
+    with pytest.raises(ConfigError, match="--backend trt needs"):
+        BenchConfig(export="x", backend="trt")
+
+
+def test_jetson_detection_from_files(tmp_path):
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "nv_tegra_release").write_text(
+        "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic\n"
+    )
+    (tmp_path / "proc" / "device-tree").mkdir(parents=True)
+    (tmp_path / "proc" / "device-tree" / "model").write_text(
+        "NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super\x00"
+    )
+    info = detect_jetson(str(tmp_path))
+    assert info["model"].startswith("NVIDIA Jetson Orin Nano") and "R36" in info["l4t_release"]
+
+
+def test_jetson_clocks_parser():
+    locked = "cpu0: Online=1 Governor=schedutil MinFreq=1728000 MaxFreq=1728000 CurrentFreq=1728000\nGPU MinFreq=1020000000 MaxFreq=1020000000 CurrentFreq=1020000000"
+    free = "cpu0: Online=1 Governor=schedutil MinFreq=729600 MaxFreq=1728000 CurrentFreq=729600"
+    assert parse_jetson_clocks(locked) == "locked"
+    assert parse_jetson_clocks(free) == "not locked"
+    assert parse_jetson_clocks("") == "unknown"
