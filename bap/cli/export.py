@@ -58,6 +58,12 @@ def export(
     round_to: Annotated[
         int, typer.Option(help="Pad kept channel counts to a multiple of 1, 8, 16 or 32 (odd widths can be slow).")
     ] = 1,
+    gather_threshold: Annotated[
+        float,
+        typer.Option(
+            help="Stream convs gather their kept inputs only when keeping at most this fraction; else they read the full stream with zero weight columns."
+        ),
+    ] = 1.0,
     batch_size: Annotated[
         int, typer.Option(help="Mixed-domain validation batch; TensorRT profile's optimal batch.")
     ] = 16,
@@ -98,6 +104,7 @@ def export(
         domains=parse_csv(domains),
         specialise=spec,
         round_to=round_to,
+        gather_threshold=gather_threshold,
         batch_size=batch_size,
         max_batch=max_batch,
         opset=opset,

@@ -17,6 +17,7 @@ The same functions serve the trainer's metrics (MACs / params measured on this s
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,7 +50,13 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------------------- plan
 @dataclass(frozen=True)
 class LayerPlan:
-    """Kept channels of one conv. ``gate[d, i]`` is domain ``d``'s switch for kept input ``in_keep[i]``."""
+    """Kept channels of one conv.
+
+    ``in_keep`` are the input channels the compact conv reads; ``zero_cols`` those of them that no served domain
+    uses (rounding padding, or the unused channels of a full-width stream read without a gather): their weight
+    columns are zero. ``gate[d, i]`` is domain ``d``'s switch for ``in_keep[i]`` (1 on zero columns, where it does
+    not matter).
+    """
 
     name: str
     kind: str
@@ -58,6 +65,7 @@ class LayerPlan:
     in_total: int
     out_total: int
     gate: torch.Tensor = field(compare=False)
+    zero_cols: tuple[int, ...] = ()
 
     @property
     def gathers_input(self) -> bool:
@@ -86,7 +94,9 @@ class ChannelPlan:
                 "out_total": lp.out_total,
                 "in_keep": list(lp.in_keep),
                 "out_keep": list(lp.out_keep) if len(lp.out_keep) < lp.out_total else "all",
-                "active": {d: int(lp.gate[i].sum()) for i, d in enumerate(self.domains)},
+                "zero_cols": len(lp.zero_cols),
+                "gathered": lp.gathers_input,
+                "active": {d: int(lp.gate[i].sum()) - len(lp.zero_cols) for i, d in enumerate(self.domains)},
             }
         return out
 
@@ -107,6 +117,7 @@ def plan_channels(
     domains: Sequence[str],
     round_to: int = 1,
     priority: torch.Tensor | None = None,
+    gather_threshold: float = 1.0,
 ) -> ChannelPlan:
     """Keep, per conv, the union over domains of the input channels that are switched on.
 
@@ -117,6 +128,9 @@ def plan_channels(
         round_to: pad each kept set up to a multiple of this with the next most used channels (their gates
             stay 0 in domains that do not use them). 1 disables rounding.
         priority: float ``[D, M]`` used to rank padding candidates (the real-valued switches); higher first.
+        gather_threshold: a stream (or image) consumer gathers its kept input channels only when it keeps at most
+            this fraction of them; otherwise it reads the full-width tensor with zero weight columns for the unused
+            channels. A gather saves MACs but breaks ONNX Runtime's blocked-layout fusions; 1.0 always gathers.
 
     Returns:
         The plan. Chain producers keep exactly their consumer's kept inputs; BNs follow their producer conv.
@@ -138,12 +152,22 @@ def plan_channels(
         in_keep[c.name] = keep
     layers = {}
     for c in graph.convs:
+        sl = on[:, c.offset : c.offset + c.in_channels]
+        keep = in_keep[c.name]
+        if c.kind != "chain" and len(keep) < c.in_channels and len(keep) / c.in_channels > gather_threshold:
+            keep = in_keep[c.name] = list(range(c.in_channels))
+        used = sl.any(0)
+        zero = tuple(ch for ch in keep if not bool(used[ch])) if c.kind != "chain" else ()
+        gate = sl[:, keep].clone()
+        if zero:
+            gate[:, [keep.index(ch) for ch in zero]] = True
+        layers[c.name] = LayerPlan(c.name, c.kind, tuple(keep), (), c.in_channels, c.out_channels, gate, zero)
+    for c in graph.convs:
         consumer = graph.chain_consumer(c.name)
-        out_keep = in_keep[consumer.name] if consumer is not None else list(range(c.out_channels))
-        gate = on[:, c.offset : c.offset + c.in_channels][:, in_keep[c.name]].clone()
-        layers[c.name] = LayerPlan(
-            c.name, c.kind, tuple(in_keep[c.name]), tuple(out_keep), c.in_channels, c.out_channels, gate
-        )
+        if consumer is not None:
+            layers[c.name] = dataclasses.replace(layers[c.name], out_keep=tuple(in_keep[consumer.name]))
+        else:
+            layers[c.name] = dataclasses.replace(layers[c.name], out_keep=tuple(range(c.out_channels)))
     bn_keep = {b.name: layers[b.producer].out_keep if b.producer else tuple(range(b.channels)) for b in graph.bns}
     return ChannelPlan(list(domains), layers, bn_keep, round_to)
 
@@ -265,7 +289,9 @@ class SpecialisedNet(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------------ rewrite
-def _sliced_conv(conv: nn.Conv2d, in_keep: Sequence[int], out_keep: Sequence[int]) -> nn.Conv2d:
+def _sliced_conv(
+    conv: nn.Conv2d, in_keep: Sequence[int], out_keep: Sequence[int], zero_cols: Sequence[int] = ()
+) -> nn.Conv2d:
     new = nn.Conv2d(
         len(in_keep),
         len(out_keep),
@@ -278,7 +304,9 @@ def _sliced_conv(conv: nn.Conv2d, in_keep: Sequence[int], out_keep: Sequence[int
         conv.padding_mode,
     )
     with torch.no_grad():
-        w = conv.weight[list(out_keep)][:, list(in_keep)]
+        w = conv.weight[list(out_keep)][:, list(in_keep)].clone()
+        if zero_cols:
+            w[:, [list(in_keep).index(c) for c in zero_cols]] = 0.0  # read but unused by every served domain
         new.weight.copy_(w)
         if conv.bias is not None:
             new.bias.copy_(conv.bias[list(out_keep)])
@@ -327,7 +355,7 @@ def _rewrite_body(model: MultiDomainNet, plan: ChannelPlan, rows: list[int]) -> 
             mod = gm.get_submodule(node.target)
             if isinstance(mod, nn.Conv2d):
                 lp = plan.layers[str(node.target)]
-                _set_module(gm, str(node.target), _sliced_conv(mod, lp.in_keep, lp.out_keep))
+                _set_module(gm, str(node.target), _sliced_conv(mod, lp.in_keep, lp.out_keep, lp.zero_cols))
             elif isinstance(mod, DomainBatchNorm):
                 keep = list(plan.bn_keep[str(node.target)])
                 a, b = mod.affine()
@@ -409,19 +437,22 @@ def _fold_affine_into_convs(gm: fx.GraphModule) -> fx.GraphModule:
 
 
 @torch.no_grad()
-def build_specialised(model: MultiDomainNet, domain: int, round_to: int = 1, all_on: bool = False) -> SpecialisedNet:
+def build_specialised(
+    model: MultiDomainNet, domain: int, round_to: int = 1, all_on: bool = False, gather_threshold: float = 1.0
+) -> SpecialisedNet:
     """A single-domain network: only ``domain``'s channels, BN (and gates) folded into the convs.
 
     Args:
         all_on: keep every channel (the unpruned backbone with ``domain``'s BN, normalisation and head: the
             single-domain model a user would deploy without bap).
+        gather_threshold: see :func:`plan_channels`.
     """
     name = model.domains[domain].name
     on = model.switches.binary()[domain : domain + 1]
     if all_on:
         on = torch.ones_like(on)
     prio = torch.stack([t.detach() for t in model.switches.logits])[domain : domain + 1]
-    plan = plan_channels(model.graph, on, [name], round_to=round_to, priority=prio)
+    plan = plan_channels(model.graph, on, [name], round_to=round_to, priority=prio, gather_threshold=gather_threshold)
     body = _fold_affine_into_convs(_rewrite_body(model, plan, [domain]))
     head = copy.deepcopy(model.heads.heads[domain]).requires_grad_(False)
     return SpecialisedNet(_compact_input(model, plan, [domain]), body, head, plan).eval()

@@ -105,12 +105,30 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _remove_stale_siblings(final: Path) -> None:
+    """Remove staging / swap directories left next to ``final`` by processes that were killed."""
+    for d in final.parent.glob(f".{final.name}.*"):
+        parts = d.name[len(final.name) + 2 :].split(".")
+        if len(parts) >= 2 and parts[0] in ("staging", "old") and parts[1].isdigit():
+            pid = int(parts[1])
+            if pid != os.getpid() and not _pid_alive(pid):
+                if parts[0] == "old" and not final.exists():
+                    os.replace(d, final)  # killed between the two renames of publish_dir: restore the old one
+                    log.warning("restored %s from an interrupted publish", final)
+                else:
+                    shutil.rmtree(d, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def staging_dir(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty sibling directory of ``final`` to build artifacts in; removed if the block fails."""
+    """Yield an empty sibling directory of ``final`` to build artifacts in; removed if the block fails.
+
+    Leftovers of killed processes (staging directories, a half-swapped publish) are cleaned up first.
+    """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging.", dir=final.parent))
+    _remove_stale_siblings(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging.{os.getpid()}.", dir=final.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
@@ -132,7 +150,7 @@ def publish_dir(staged: Path, final: str | os.PathLike) -> Path:
                 os.fsync(fh.fileno())
     old = None
     if final.exists():
-        old = final.with_name(f".{final.name}.old.{os.getpid()}.{int(time.time())}")
+        old = final.with_name(f".{final.name}.old.{os.getpid()}.{int(time.time())}")  # parsed by _remove_stale_siblings
         os.replace(final, old)
     os.replace(staged, final)
     _fsync_dir(final.parent)

@@ -29,6 +29,8 @@ class ExportConfig:
             specialised model.
         specialise: domains that get a single-domain specialised model (``("all",)`` for every one).
         round_to: pad kept channel counts to a multiple of this (1, 8, 16, 32).
+        gather_threshold: stream consumers gather their kept input channels only when they keep at most this
+            fraction; above it they read the full-width stream with zero weight columns (no gather).
         batch_size: mixed-domain validation batch, and the TensorRT profile's optimal batch.
         max_batch: largest batch of the TensorRT profile.
         opset: ONNX opset.
@@ -46,6 +48,7 @@ class ExportConfig:
     domains: tuple[str, ...] = ()
     specialise: tuple[str, ...] = ()
     round_to: int = 1
+    gather_threshold: float = 1.0
     batch_size: int = 16
     max_batch: int = 64
     opset: int = 17
@@ -76,6 +79,10 @@ class ExportConfig:
             )
         if self.atol is not None and not (math.isfinite(self.atol) and self.atol > 0):
             raise ConfigError(f"--atol must be > 0, got {self.atol}", "e.g. --atol 1e-4")
+        if not (0.0 <= self.gather_threshold <= 1.0):
+            raise ConfigError(
+                f"--gather-threshold must be in [0, 1], got {self.gather_threshold}", "e.g. --gather-threshold 0.5"
+            )
         if self.validation_images < 1:
             raise ConfigError("validation needs at least one image per domain", "fix --validation-images")
         if self.workspace_mb < 16:

@@ -174,7 +174,14 @@ def export(cfg: ExportConfig, callback: Callable[[str, str], None] | None = None
     rows = [names.index(n) for n in served]
     on_all = model.switches.binary()
     prio_all = torch.stack([p.detach() for p in model.switches.logits])
-    plan = plan_channels(graph, on_all[rows], served, round_to=cfg.round_to, priority=prio_all[rows])
+    plan = plan_channels(
+        graph,
+        on_all[rows],
+        served,
+        round_to=cfg.round_to,
+        priority=prio_all[rows],
+        gather_threshold=cfg.gather_threshold,
+    )
     summary = plan_summary(graph, plan, on_all[rows])
     timings["plan"] = time.time() - t
     say("plan", f"{sum(len(lp.in_keep) for lp in plan.layers.values())}/{graph.num_switches} input channels kept")
@@ -219,7 +226,7 @@ def export(cfg: ExportConfig, callback: Callable[[str, str], None] | None = None
         files["backbone.onnx"] = f"unpruned backbone, domain {names[bb_row]}"
         spec_files = {}
         for n in specialise:
-            net = build_specialised(model, names.index(n), round_to=cfg.round_to)
+            net = build_specialised(model, names.index(n), round_to=cfg.round_to, gather_threshold=cfg.gather_threshold)
             ms = clean_graph(
                 export_module(net, (torch.rand(2, 3, size, size),), ["image"], ["logits"], single_dyn, cfg.opset)
             )

@@ -95,7 +95,7 @@ class Model:
 
     def domain_ids(self, domains: str | int | Sequence[str | int] | np.ndarray, n: int) -> np.ndarray:
         """One int64 id per sample (a single name / id is broadcast)."""
-        if isinstance(domains, (str, int, np.integer)) and not isinstance(domains, bool):
+        if isinstance(domains, (str, bytes)) or np.ndim(domains) == 0:
             return np.full(n, self.domain_index(domains), dtype=np.int64)
         seq = list(np.asarray(domains).tolist()) if isinstance(domains, np.ndarray) else list(domains)
         if len(seq) != n:

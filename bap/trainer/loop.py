@@ -170,6 +170,7 @@ def train(cfg: TrainConfig, callback: Any = None) -> dict[str, Any]:
     if doc is not None and [d["name"] for d in doc["domains"]] != domains.names:
         raise IncompatibleArtifactError(f"{run.path} was trained on other domains", "resume with the same data")
     dist.barrier()  # every rank has checked the run directory before rank 0 writes to it
+    created = not run.path.exists()
     lock = RunLock(run.path) if dist.is_main else None
     if lock:
         lock.acquire()
@@ -178,6 +179,8 @@ def train(cfg: TrainConfig, callback: Any = None) -> dict[str, Any]:
     finally:
         if lock:
             lock.release()
+        if created and dist.is_main and run.path.is_dir() and not any(run.path.iterdir()):
+            run.path.rmdir()  # failed before writing anything: leave no trace
         dist.close()
 
 
