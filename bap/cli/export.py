@@ -56,7 +56,10 @@ def export(
         str, typer.Option(help="Also write single-domain specialised models: none, all, or a,b.")
     ] = "none",
     round_to: Annotated[
-        int, typer.Option(help="Pad kept channel counts to a multiple of 1, 8, 16 or 32 (odd widths can be slow).")
+        int,
+        typer.Option(
+            help="Pad kept channel counts to a multiple of 1, 8, 16 or 32: ONNX Runtime's fast CPU convs need 16 on AVX-512, 8 on AVX2; TensorRT likes 8."
+        ),
     ] = 1,
     gather_threshold: Annotated[
         float,

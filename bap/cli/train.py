@@ -87,7 +87,10 @@ def train(
         typer.Option(help="Rounds per epoch (one batch of every domain each); 0 = one pass over the largest domain."),
     ] = 32,
     batch_size: Annotated[int, typer.Option(help="Batch size (single-domain batches).")] = 64,
-    lr_head: Annotated[float, typer.Option(help="SGD learning rate of the heads.")] = 0.1,
+    lr_head: Annotated[
+        float | None,
+        typer.Option(help="SGD learning rate of the heads (default: 0.1 x 64 / feature width).", show_default=False),
+    ] = None,
     lr_bn: Annotated[float, typer.Option(help="SGD learning rate of the per-domain BN.")] = 0.01,
     lr_switch: Annotated[
         float, typer.Option(help="Adam learning rate of the switches (keep <= init/10 = 1e-4).")

@@ -86,6 +86,7 @@ def param_bits(
         "model_params": conv + bn,
         "model_bits": bits,
         "backbone_params": backbone_conv + backbone_bn,
+        "backbone_bn_params": backbone_bn,
         "backbone_bits": backbone_bits,
         "rel_params": bits / backbone_bits,
     }
@@ -111,7 +112,8 @@ def structure_metrics(
     Returns:
         ``active_fraction`` (per domain, in the budget unit), ``and_fraction``, ``or_fraction``, ``macs``
         (per domain: the domain's own channels; ``model``: executed by the compact multi-domain model;
-        ``backbone``), ``rel_macs``, ``rel_macs_mean``, ``rel_macs_executed``, ``params``, ``rel_params``.
+        ``backbone``), ``rel_macs``, ``rel_macs_mean``, ``rel_macs_executed``, ``params``, ``rel_params`` (the compact
+        model), ``rel_params_unpruned`` (BA2's accounting: full backbone plus per-domain BN and switch bits).
     """
     names = [d.name for d in model.domains]
     on = model.switches.binary()
@@ -131,6 +133,11 @@ def structure_metrics(
         macs[names[i]] = count_conv_macs(spec.body, spec.input(x, 0), 0)
     positions = sum(len(lp.in_keep) for lp in plan.layers.values())
     params = param_bits(model, compact.body, positions, shared_bn=shared_bn)
+    # BA2's own accounting, without pruning: the whole backbone + every domain's BN tables and M switch bits
+    d = model.num_domains
+    unpruned = params["backbone_bits"] + (
+        0 if shared_bn else (d - 1) * 32 * params["backbone_bn_params"] + d * model.graph.num_switches
+    )
     rel = {k: v / backbone_macs for k, v in macs.items()}
     return {
         "active_fraction": {n: float(u) for n, u in zip(names, usage, strict=True)},
@@ -143,6 +150,7 @@ def structure_metrics(
         "rel_macs_executed": executed / backbone_macs,
         "params": params,
         "rel_params": params["rel_params"],
+        "rel_params_unpruned": unpruned / params["backbone_bits"],
         "kept_switch_positions": positions,
         "num_switches": model.graph.num_switches,
     }

@@ -48,7 +48,7 @@ class ExportConfig:
     domains: tuple[str, ...] = ()
     specialise: tuple[str, ...] = ()
     round_to: int = 1
-    gather_threshold: float = 1.0
+    gather_threshold: float = 0.5
     batch_size: int = 16
     max_batch: int = 64
     opset: int = 17

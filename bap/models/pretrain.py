@@ -95,6 +95,12 @@ def pretrain_backbone(
     if callback:
         callback.on_phase_end(f"pretrained on {domain.name}: val acc {acc:.3f}")
     log.info("pretrained %s on %s: val acc %.4f in %.0fs", backbone, domain.name, acc, info["seconds"])
+    if acc < 1.5 / domain.num_classes:
+        log.warning(
+            "pretraining %s on %s reached only %.3f validation accuracy (chance is %.3f): the frozen features will be "
+            "poor; raise --pretrain-epochs or pass --weights",
+            backbone, domain.name, acc, 1.0 / domain.num_classes,
+        )  # fmt: skip
     return net.backbone.cpu().eval(), info
 
 

@@ -61,6 +61,7 @@ class TrainConfig:
         epochs, steps_per_epoch: an epoch is ``steps_per_epoch`` rounds, each round one batch of every domain
             in random order; 0 means one pass over the largest domain.
         lr_milestones: epochs at which all learning rates are multiplied by 0.1.
+        lr_head: SGD learning rate of the heads; ``None`` scales 0.1 by 64 / feature width.
         bn_recal_images: training images per domain used to re-estimate BN statistics after training.
         round_to: channel rounding used for the compact-structure metrics (the exporter has its own flag).
         resume: continue the interrupted run in ``out``.
@@ -79,7 +80,7 @@ class TrainConfig:
     epochs: int = 6
     steps_per_epoch: int = 32
     batch_size: int = 64
-    lr_head: float = 0.1
+    lr_head: float | None = None
     lr_bn: float = 0.01
     lr_switch: float = 1e-4
     lr_finetune: float = 0.01
@@ -125,6 +126,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}", f"fix --{name.replace('_', '-')}")
         for name in ("lr_head", "lr_bn", "lr_switch", "lr_finetune"):
             v = getattr(self, name)
+            if v is None and name == "lr_head":
+                continue
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ConfigError(f"{name} must be a positive number, got {v!r}", f"fix --{name.replace('_', '-')}")
         for name in ("lambda_ps", "weight_decay"):
@@ -157,6 +160,16 @@ class TrainConfig:
     def effective_lambda_ps(self) -> float:
         """The sharing weight in use (0 for ``ba2``)."""
         return self.lambda_ps if self.method == "bap" else 0.0
+
+    def head_lr(self, feature_dim: int) -> float:
+        """SGD learning rate of the heads: ``lr_head``, or 0.1 scaled by 64 / feature width.
+
+        0.1 suits 64-d features; wider features give proportionally larger logits, and 0.1 diverges on ResNet-50's
+        2048-d ones.
+        """
+        if self.lr_head is not None:
+            return self.lr_head
+        return 0.1 * min(1.0, 64.0 / feature_dim)
 
     def lambda_step(self, beta: float) -> float:
         """Projected-ascent step of the budget multiplier for budget ``beta``."""

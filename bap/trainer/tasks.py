@@ -89,7 +89,12 @@ class SwitchTask:
         self.opt_switch = torch.optim.Adam(self.model.switches.parameters(), lr=cfg.lr_switch, weight_decay=0.0)
         self.opt_sgd = torch.optim.SGD(
             [
-                {"params": heads, "lr": cfg.lr_head, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr_head},
+                {
+                    "params": heads,
+                    "lr": cfg.head_lr(ctx.graph.feature_dim),
+                    "weight_decay": cfg.weight_decay,
+                    "base_lr": cfg.head_lr(ctx.graph.feature_dim),
+                },
                 {"params": bns, "lr": cfg.lr_bn, "weight_decay": 0.0, "base_lr": cfg.lr_bn},
             ],
             momentum=0.9,
@@ -295,7 +300,8 @@ class FinetuneTask:
             groups.append(
                 {"params": list(net.backbone.parameters()), "lr": cfg.lr_finetune, "base_lr": cfg.lr_finetune}
             )
-            groups.append({"params": list(net.head.parameters()), "lr": cfg.lr_head, "base_lr": cfg.lr_head})
+            lr = cfg.head_lr(ctx.graph.feature_dim)
+            groups.append({"params": list(net.head.parameters()), "lr": lr, "base_lr": lr})
         self.opt = torch.optim.SGD(groups, momentum=0.9, weight_decay=cfg.weight_decay)
         self.optimizers = [self.opt]
 

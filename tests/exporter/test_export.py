@@ -57,11 +57,15 @@ def _ort_vs_masked(out_dir, run_dir, suite, batch):
 
 
 @pytest.mark.parametrize("backbone", ["test_cnn", "test_bottleneck"])
-@pytest.mark.parametrize("round_to", [1, 8])
-def test_exported_model_equals_masked_model(tmp_path, backbone, round_to):
+@pytest.mark.parametrize("round_to, gather", [(1, 1.0), (8, 1.0), (1, 0.0), (8, 0.5)])
+def test_exported_model_equals_masked_model(tmp_path, backbone, round_to, gather):
     run_dir, suite = _synthetic_run(tmp_path, backbone)
     out = tmp_path / "exp"
-    res = export(ExportConfig(run_dir=str(run_dir), out=str(out), round_to=round_to, validation_images=4))
+    res = export(
+        ExportConfig(
+            run_dir=str(run_dir), out=str(out), round_to=round_to, gather_threshold=gather, validation_images=4
+        )
+    )
     assert res.manifest["validation"]["passed"]
     for batch in (1, 6):
         assert _ort_vs_masked(out, run_dir, suite, batch) <= 1e-4
@@ -79,7 +83,7 @@ def test_kept_channels_equal_the_union_and_dead_chains_vanish(tmp_path):
     run = load_run(run_dir)
     g = run.model.graph
     on = run.model.switches.binary()
-    res = export(ExportConfig(run_dir=str(run_dir), out=str(tmp_path / "e"), validation_images=4))
+    res = export(ExportConfig(run_dir=str(run_dir), out=str(tmp_path / "e"), validation_images=4, gather_threshold=1.0))
     kept = res.manifest["kept_channels"]
     for c in g.convs:
         union = torch.nonzero(on[:, c.offset : c.offset + c.in_channels].any(0)).flatten().tolist()
