@@ -197,9 +197,12 @@ def load_state_dict(path: str | os.PathLike, what: str = "weights") -> dict[str,
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0][:200]
+        import re
+
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        why = f"it would import {found.group(1)}" if found else "it holds objects other than tensors"
         raise IncompatibleArtifactError(
-            f"refusing to load {what} {path}: it needs unpickling of arbitrary objects ({first})",
+            f"refusing to load {what} {path}: unpickling it needs arbitrary code ({why})",
             "save a plain state_dict (torch.save(model.state_dict(), ...)) or safetensors",
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
