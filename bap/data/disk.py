@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 
 from bap.core.registry import Registry
-from bap.data.images import load_image_tensor
 from bap.data.types import Domain, DomainSet, FileSplit, Preprocess
 from bap.errors import DataError
 
@@ -167,8 +166,3 @@ def load_decathlon(root: str | Path, domains: Sequence[str] | None = None) -> Do
         {"kind": "decathlon", "root": str(root.resolve()), "domains": names},
         "imagenet12" if "imagenet12" in names else None,
     )
-
-
-def check_image(path: str, size: int) -> torch.Tensor:
-    """Decode one image the way the loaders do (used by ``bap data check``)."""
-    return load_image_tensor(path, size)

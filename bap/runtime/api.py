@@ -7,7 +7,6 @@ domain names / ids), and every problem is a one-line :class:`~bap.errors.InputEr
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -322,8 +321,3 @@ def load(path: str | os.PathLike, backend: str = "ort", device: str = "cpu", thr
     else:
         be = cls(model_file, device, threads)
     return Model(model_file, manifest, be)
-
-
-def top1_accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
-    """Fraction of correct predictions."""
-    return float((pred == labels).mean()) if len(labels) else math.nan

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from pathlib import Path
 from typing import Any, Protocol
@@ -154,8 +153,3 @@ class TrtBackend:
     def describe(self) -> dict[str, Any]:
         """Backend facts."""
         return {"backend": "trt", "tensorrt": self.trt.__version__, "gpu": self.torch.cuda.get_device_name(0)}
-
-
-def tensorrt_available() -> bool:
-    """True if the ``tensorrt`` module can be found (it may still fail to load without a GPU)."""
-    return importlib.util.find_spec("tensorrt") is not None

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from bap.core.io import atomic_write_bytes, atomic_write_json, atomic_write_text, file_sha256, load_json
-from bap.data.types import DomainSet, Preprocess
+from bap.data.types import DomainSet
 from bap.errors import IncompatibleArtifactError
 from bap.trainer.config import TrainConfig, budget_key
 
@@ -54,8 +54,8 @@ class RunDir:
         return self.path / "budgets" / budget_key(beta)
 
     def is_empty(self) -> bool:
-        """True if the directory is absent or holds nothing."""
-        return not self.path.exists() or not any(self.path.iterdir())
+        """True if the directory is absent or holds nothing but a lock (a run killed before writing anything)."""
+        return not self.path.exists() or all(p.name == ".lock" for p in self.path.iterdir())
 
     # ----------------------------------------------------------------------------------------------- config
     def write_config(self, doc: dict[str, Any]) -> None:
@@ -248,8 +248,3 @@ def load_run(run_dir: str | Path, budget: float | None = None) -> LoadedRun:
     model.eval()
     result = run.read_result(budget) or {}
     return LoadedRun(Path(run_dir), cfg, doc, model, budget, result, doc["domains"])
-
-
-def preprocess_of(domain_doc: dict[str, Any]) -> Preprocess:
-    """The :class:`Preprocess` recorded for a domain."""
-    return Preprocess.from_dict(domain_doc["preprocess"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from bap.errors import ConfigError
@@ -97,7 +97,6 @@ class TrainConfig:
     preset: str | None = None
     resume: bool = False
     quiet: bool = False
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     version: int = 1
 

@@ -179,7 +179,7 @@ def train(cfg: TrainConfig, callback: Any = None) -> dict[str, Any]:
     finally:
         if lock:
             lock.release()
-        if created and dist.is_main and run.path.is_dir() and not any(run.path.iterdir()):
+        if created and dist.is_main and run.path.is_dir() and not any(run.path.iterdir()):  # lock already released
             run.path.rmdir()  # failed before writing anything: leave no trace
         dist.close()
 

@@ -25,9 +25,9 @@ from bap.trainer.config import TrainConfig
 from bap.trainer.distributed import DistContext
 from bap.trainer.finalize import evaluate, project_to_budget_, recalibrate_bn_
 from bap.trainer.objectives import lagrange_step, switch_step_losses
-from bap.trainer.sampling import derive_seed, eval_view, generator
+from bap.trainer.sampling import derive_seed, generator
 
-__all__ = ["TASKS", "FeatureTask", "FinetuneTask", "SwitchTask", "TaskContext"]
+__all__ = ["TASKS", "FeatureTask", "FinetuneTask", "SwitchTask", "TaskContext", "batch_for", "steps_per_epoch"]
 
 log = logging.getLogger(__name__)
 
@@ -382,6 +382,3 @@ def batch_for(ctx: TaskContext, d: int, idx: torch.Tensor, aug_parts: tuple) -> 
     x, y = dom.train.get_batch(idx)
     x = augment(x, dom.preprocess, generator("aug", *aug_parts))
     return x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
-
-
-__all__ += ["batch_for", "eval_view", "steps_per_epoch"]

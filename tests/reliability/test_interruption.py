@@ -179,3 +179,34 @@ def test_fuzz_runtime_input_validation(runtime_model, x, domain):
         return
     assert arr.dtype == np.float32 and arr.ndim == 4 and arr.shape[1] == 3 and np.isfinite(arr).all()
     assert ((0 <= ids) & (ids < len(runtime_model.domains))).all()
+
+
+def test_internal_errors_exit_1_with_the_traceback_logged(monkeypatch, capsys, tmp_path):
+    from conftest import run_cli
+
+    import bap.data
+
+    def boom(*a, **k):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(bap.data, "load_domains", boom)
+    monkeypatch.setenv("BAP_CACHE_DIR", str(tmp_path))
+    code, _, err = run_cli(["data", "list"], capsys)
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "internal error: RuntimeError: simulated bug" in lines[0]
+    log = lines[0].rsplit("traceback in ", 1)[1].strip()
+    text = Path(log).read_text()
+    assert "Traceback" in text and "simulated bug" in text
+
+
+def test_newer_artifact_versions_are_refused(tmp_path):
+    from bap.errors import ConfigError
+    from bap.trainer import TrainConfig
+    from bap.trainer.artifacts import RunDir
+
+    with pytest.raises(ConfigError, match="newer than this bap"):
+        TrainConfig.from_dict({**TrainConfig().to_dict(), "version": 2})
+    (tmp_path / "config.json").write_text(json.dumps({"format": "bap.run/2"}))
+    with pytest.raises(IncompatibleArtifactError, match=r"expected bap\.run/1"):
+        RunDir(tmp_path).read_config()

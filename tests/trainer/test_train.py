@@ -78,8 +78,13 @@ def test_sigint_checkpoints_and_resume_matches_uninterrupted(tmp_path):
 
 
 def test_two_process_torchrun_keeps_ranks_identical(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="250")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531", "-m", "bap",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port), "-m", "bap",
            "train", "--backbone", "test_cnn", "--budgets", "0.5", "--epochs", "1", "--steps-per-epoch", "3",
            "--batch-size", "16", "--pretrain-epochs", "1", "--out", str(tmp_path / "ddp"), "--device", "cpu",
            "--verbose"]  # fmt: skip
