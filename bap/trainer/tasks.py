@@ -213,9 +213,9 @@ class FeatureTask(SwitchTask):
             [
                 {
                     "params": heads,
-                    "lr": ctx.cfg.lr_head,
+                    "lr": ctx.cfg.head_lr(ctx.graph.feature_dim),
                     "weight_decay": ctx.cfg.weight_decay,
-                    "base_lr": ctx.cfg.lr_head,
+                    "base_lr": ctx.cfg.head_lr(ctx.graph.feature_dim),
                 }
             ],
             momentum=0.9,

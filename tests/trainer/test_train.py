@@ -95,3 +95,24 @@ def test_two_process_torchrun_keeps_ranks_identical(tmp_path):
     # the ranks all-gather their checksums and fail loudly on any difference; both reported agreement
     report = json.loads((tmp_path / "ddp" / "report.json").read_text())
     assert report["runs"][0]["ddp"]["world_size"] == 2
+
+
+@pytest.mark.parametrize("method", ["feature", "finetune", "ba2"])
+def test_baseline_methods_train_and_account(tmp_path, method):
+    cfg = dict(SMALL, budgets=(1.0, 0.5))
+    report = train(TrainConfig(out=str(tmp_path / method), method=method, **cfg))
+    runs = report["runs"]
+    d = len(report["domains"])
+    if method == "ba2":
+        assert [r["budget"] for r in runs] == [1.0, 0.5] and all(r["lambda_ps"] == 0.0 for r in runs)
+        for r in runs:  # BA2's own accounting never prunes; the exporter's can only remove
+            assert r["rel_params_unpruned"] > 1.0 and r["rel_params"] <= r["rel_params_unpruned"] + 1e-12
+        return
+    assert [r["budget"] for r in runs] == [1.0]  # no switches: budgets do not apply
+    r = runs[0]
+    if method == "feature":
+        assert r["rel_params"] == pytest.approx(1.0) and r["rel_macs_mean"] == pytest.approx(1.0)
+        assert all(u == 1.0 for u in r["active_fraction"].values())
+    else:
+        assert r["rel_params"] == pytest.approx(float(d))
+    assert all(0.0 <= a <= 1.0 for a in r["accuracy"].values())
