@@ -174,9 +174,16 @@ def plan_channels(
 
 # ------------------------------------------------------------------------------------------------------ modules
 def _rows(table: torch.Tensor, domain: int | torch.Tensor) -> torch.Tensor:
-    """``table[domain]`` shaped to broadcast over ``[B, C, H, W]``."""
-    t = table[domain]
-    return t.view(1, -1, 1, 1) if t.dim() == 1 else t[:, :, None, None]
+    """``table[domain]``, broadcastable over ``[B, C, H, W]``.
+
+    Tables are stored ``[D, C, 1, 1]`` so that one ONNX ``Gather`` yields the ``[B, C, 1, 1]`` operand directly
+    (no Unsqueeze nodes per table).
+    """
+    return table[domain]
+
+
+def _table(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().clone().float().reshape(t.shape[0], -1, 1, 1)
 
 
 class DomainAffine(nn.Module):
@@ -184,8 +191,8 @@ class DomainAffine(nn.Module):
 
     def __init__(self, a: torch.Tensor, b: torch.Tensor):
         super().__init__()
-        self.register_buffer("A", a.detach().clone().float())
-        self.register_buffer("B", b.detach().clone().float())
+        self.register_buffer("A", _table(a))
+        self.register_buffer("B", _table(b))
 
     def forward(self, x: torch.Tensor, domain: int | torch.Tensor) -> torch.Tensor:
         """Apply the gathered affine map."""
@@ -197,7 +204,7 @@ class DomainGate(nn.Module):
 
     def __init__(self, gate: torch.Tensor):
         super().__init__()
-        self.register_buffer("G", gate.detach().clone().float())
+        self.register_buffer("G", _table(gate))
 
     def forward(self, x: torch.Tensor, domain: int | torch.Tensor) -> torch.Tensor:
         """Gate."""
@@ -419,7 +426,7 @@ def _fold_affine_into_convs(gm: fx.GraphModule) -> fx.GraphModule:
         if not isinstance(conv, nn.Conv2d):
             continue
         aff: DomainAffine = gm.get_submodule(node.target)  # type: ignore[assignment]
-        a, b = aff.A[0], aff.B[0]
+        a, b = aff.A[0].flatten(), aff.B[0].flatten()
         fused = nn.Conv2d(
             conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, 1, True
         )
