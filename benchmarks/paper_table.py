@@ -83,9 +83,14 @@ def main() -> None:
 
     rows, records = [], []
 
+    from bap.core.metrics import s_score
+    from bap.data.reference import reference_errors
+
+    ref = reference_errors()
+
     def add(label: str, r: dict[str, Any], params: float | None = None) -> None:
         par = r["rel_params"] if params is None else params
-        s = r.get("s_score")
+        s = s_score(r["accuracy"], ref)  # from the current reference errors, not the value stored at train time
         rec = {"method": label, "budget": r["budget"], "flop": r["rel_macs_mean"], "params": par,
                "accuracy": r["accuracy"], "mean_accuracy": r["mean_accuracy"], "s": s,
                "s_o": s / r["rel_macs_mean"] if s is not None else None, "s_p": s / par if s is not None else None,
@@ -120,21 +125,19 @@ def main() -> None:
         sb = next((x["s"] for x in records if x["method"] == "bap" and x["budget"] == b), None)
         s2 = next((x["s"] for x in records if x["method"] == "ba2 + bap exporter" and x["budget"] == b), None)
         if sb is not None and s2 is not None:
-            gaps.append([f"{b:g}", f"{sb:.0f}", f"{s2:.0f}", f"{sb - s2:+.0f}", f"{100 * (sb - s2) / s2:+.1f}%"])
+            rel = f"{100 * (sb - s2) / s2:+.1f}%" if s2 else "n/a (ba2 scores 0)"
+            gaps.append([f"{b:g}", f"{sb:.0f}", f"{s2:.0f}", f"{sb - s2:+.0f}", rel])
     gap_table = md_table(["β", "S bap", "S ba2", "bap - ba2", "relative"], gaps) if gaps else ""
 
     seed_rows = []
     for m, rep in seeds.items():
         r0 = next(r for r in reports[m]["runs"] if r["budget"] == 0.5)
         for seed, r in ((0, r0), (a.second_seed, rep["runs"][0])):
+            sc = s_score(r["accuracy"], ref)
             seed_rows.append([m, seed, f"{100 * r['mean_accuracy']:.1f}", f"{r['rel_params']:.3f}", f"{r['rel_macs_mean']:.3f}",
-                              f"{r['and_fraction']:.3f}", f"{1 - r['or_fraction']:.3f}", "-" if r["s_score"] is None else f"{r['s_score']:.0f}"])  # fmt: skip
+                              f"{r['and_fraction']:.3f}", f"{1 - r['or_fraction']:.3f}", "-" if sc is None else f"{sc:.0f}"])  # fmt: skip
     seed_table = md_table(["method", "seed", "mean acc", "Params", "FLOP", "AND", "prunable", "S"], seed_rows)
 
-    from bap.core.metrics import s_score
-    from bap.data.reference import reference_errors
-
-    ref = reference_errors()
     sweep_rows, best = [], None
     for lam, r in sorted(sweep.items()):
         sv = s_score(r["val_accuracy"], ref)

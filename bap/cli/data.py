@@ -21,15 +21,17 @@ def data_list(data_root: DataRootOpt = None, layout: LayoutOpt = "imagefolder", 
     from bap.data import load_domains
 
     ds = load_domains(str(data_root) if data_root else None, layout)
-    rows = [d.summary() | {"source_domain": d.name == ds.source_domain} for d in ds]
+    union = ds.source_domain == "union"
+    rows = [d.summary() | {"source_domain": union or d.name == ds.source_domain} for d in ds]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    t = Table(title=f"domains ({ds.origin.get('kind')})")
+    src = "the union of every training split" if union else ds.source_domain
+    t = Table(title=f"domains ({ds.origin.get('kind')}); default backbone pretrained on {src}")
     for col in ("name", "classes", "train", "val", "test", "size", "source"):
         t.add_column(col, justify="right" if col in ("classes", "train", "val", "test", "size") else "left")
     for r in rows:
-        name = r["name"] + (" (source)" if r["source_domain"] else "")
+        name = r["name"] + (" (source)" if r["source_domain"] and not union else "")
         t.add_row(
             name, str(r["classes"]), str(r["train"]), str(r["val"]), str(r["test"]), str(r["input_size"]), r["source"]
         )

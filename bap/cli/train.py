@@ -107,6 +107,13 @@ def train(
     pretrain_epochs: Annotated[
         int, typer.Option(help="Epochs of backbone pretraining on the source domain (when no --weights; cached).")
     ] = 6,
+    pretrain_source: Annotated[
+        str | None,
+        typer.Option(
+            help="Domain the backbone is pretrained on (or 'union' of all training splits); default: mnist for the embedded suite.",
+            show_default=False,
+        ),
+    ] = None,
     round_to: Annotated[int, typer.Option(help="Channel rounding used for the MAC/param metrics (1, 8, 16, 32).")] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     amp: Annotated[bool, typer.Option(help="bfloat16 autocast on CUDA.")] = True,
@@ -152,6 +159,7 @@ def train(
         preset=preset,
         round_to=round_to,
         pretrain_epochs=pretrain_epochs,
+        pretrain_source=pretrain_source,
         device=device,
         amp=amp,
         resume=resume,

@@ -95,7 +95,7 @@ def load_imagefolder(
             splits[s] = FileSplit(paths, labels, load_size)
         pre = Preprocess(load_size=load_size, crop=crop, pad=0, flip=flip)
         out.append(_domain(name, classes, splits, pre, f"imagefolder:{droot}"))
-    return DomainSet(out, {"kind": "imagefolder", "root": str(root.resolve()), "domains": names})
+    return DomainSet(out, {"kind": "imagefolder", "root": str(root.resolve()), "domains": names}, "union")
 
 
 def _read_coco(path: Path, root: Path) -> tuple[list[str], list[int], dict[int, str]]:

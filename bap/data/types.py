@@ -136,7 +136,11 @@ class Domain:
 
 @dataclass
 class DomainSet:
-    """An ordered set of domains plus where they came from (recorded in run reports and manifests)."""
+    """An ordered set of domains plus where they came from (recorded in run reports and manifests).
+
+    ``source_domain`` names the domain the default backbone is pretrained on, or ``"union"`` for the union of
+    every domain's training split.
+    """
 
     domains: list[Domain]
     origin: dict[str, Any]
@@ -173,5 +177,5 @@ class DomainSet:
         if not names:
             return self
         picked = [self.get(n) for n in names]
-        src = self.source_domain if self.source_domain in names else None
+        src = self.source_domain if self.source_domain == "union" or self.source_domain in names else None
         return DomainSet(picked, dict(self.origin, domains=list(names)), src)

@@ -1,7 +1,12 @@
-"""Pretrain a backbone on the source domain and cache it, so ``bap train`` works offline with no arguments.
+"""Pretrain a backbone on the source data and cache it, so ``bap train`` works offline with no arguments.
 
-The cache key is the backbone, the data origin (suite version and seed, or data root), the source domain, the
-epoch count and the seed; the weights are stored as safetensors with a JSON sidecar (accuracy, time).
+The source is one domain (ImageNet-style, e.g. ``imagenet12`` of the Decathlon) or the union of every domain's
+training split (the embedded suite's default): a shared backbone with one head per domain, trained on mixed
+batches drawn in proportion to the domains' sizes, each sample normalised with its own domain's statistics.
+Only training splits are used; validation and test images are never seen.
+
+The cache key is the backbone, the data origin (suite version and seed, or data root), the source, the epoch
+count and the seed; weights are stored as safetensors with a JSON sidecar (accuracy, time).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,35 +27,45 @@ from bap.core.io import atomic_write_json, file_sha256, save_state_dict
 from bap.data.suite import cache_dir
 from bap.data.types import Domain, DomainSet
 from bap.models.backbones import create_backbone
-from bap.trainer.sampling import augment, derive_seed, epoch_indices, eval_view
+from bap.trainer.sampling import augment, derive_seed, eval_view, generator
 
-__all__ = ["ensure_pretrained", "pretrain_backbone", "pretrained_path"]
+__all__ = ["UNION", "ensure_pretrained", "pretrain_backbone", "pretrained_path", "source_domains"]
 
 log = logging.getLogger(__name__)
 
+UNION = "union"
 
-def pretrained_path(backbone: str, domains: DomainSet, source: str, epochs: int, seed: int) -> Path:
+
+def source_domains(domains: DomainSet) -> list[Domain]:
+    """The domains the backbone is pretrained on (all of them for the ``union`` source)."""
+    src = domains.source_domain or domains.names[0]
+    return list(domains) if src == UNION else [domains.get(src)]
+
+
+def pretrained_path(backbone: str, domains: DomainSet, epochs: int, seed: int) -> Path:
     """Where the pretrained weights for this configuration are cached."""
     origin = json.dumps({k: v for k, v in domains.origin.items() if k != "domains"}, sort_keys=True)
-    key = derive_seed(backbone, origin, source, epochs, seed) % (1 << 40)
-    return cache_dir() / "backbones" / f"{backbone}-{source}-e{epochs}-s{seed}-{key:010x}.safetensors"
+    names = [d.name for d in source_domains(domains)]
+    key = derive_seed(backbone, origin, names, epochs, seed) % (1 << 40)
+    tag = domains.source_domain if domains.source_domain == UNION else names[0]
+    return cache_dir() / "backbones" / f"{backbone}-{tag}-e{epochs}-s{seed}-{key:010x}.safetensors"
 
 
-class _Classifier(nn.Module):
-    def __init__(self, backbone: nn.Module, num_classes: int, mean, std):
+class _MultiHead(nn.Module):
+    def __init__(self, backbone: nn.Module, doms: Sequence[Domain]):
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Linear(backbone.num_features, num_classes)
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+        self.heads = nn.ModuleList([nn.Linear(backbone.num_features, d.num_classes) for d in doms])
+        self.register_buffer("mean", torch.tensor([d.mean for d in doms]))
+        self.register_buffer("std", torch.tensor([d.std for d in doms]))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone((x - self.mean) / self.std))
+    def features(self, x: torch.Tensor, dom: torch.Tensor) -> torch.Tensor:
+        return self.backbone((x - self.mean[dom][:, :, None, None]) / self.std[dom][:, :, None, None])
 
 
 def pretrain_backbone(
     backbone: str,
-    domain: Domain,
+    doms: Sequence[Domain],
     epochs: int,
     seed: int = 0,
     batch_size: int = 128,
@@ -57,27 +73,47 @@ def pretrain_backbone(
     device: str | torch.device = "cpu",
     callback: Any = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Train ``backbone`` + a linear head on ``domain`` (SGD, cosine schedule) and return the backbone.
+    """Train ``backbone`` with one linear head per domain (SGD, one-cycle schedule) and return the backbone.
 
     Returns:
-        The trained backbone (eval mode) and ``{"val_accuracy", "seconds", "epochs", "source"}``.
+        The trained backbone (eval mode) and ``{"val_accuracy" (mean over domains), "per_domain", "seconds",
+        "epochs", "source"}``.
     """
     torch.manual_seed(derive_seed("pretrain-init", seed))
-    net = _Classifier(create_backbone(backbone), domain.num_classes, domain.mean, domain.std).to(device)
-    steps_per_epoch = max(1, math.ceil(len(domain.train) / batch_size))
-    total = max(1, epochs * steps_per_epoch)
+    net = _MultiHead(create_backbone(backbone), doms).to(device)
+    sizes = [len(d.train) for d in doms]
+    total = sum(sizes)
+    # (domain, index) pairs of the union; drawn in proportion to the domains' sizes
+    pairs = torch.cat([torch.stack([torch.full((n,), i), torch.arange(n)], 1) for i, n in enumerate(sizes)])
+    steps_per_epoch = max(1, math.ceil(total / batch_size))
+    steps = max(1, epochs * steps_per_epoch)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.15)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     t0 = time.time()
+    name = "+".join(d.name for d in doms) if len(doms) <= 2 else f"the union of {len(doms)} domains"
     if callback:
-        callback.on_phase(f"pretrain {backbone} on {domain.name}", total)
+        callback.on_phase(f"pretrain {backbone} on {name}", steps)
     net.train()
     for e in range(epochs):
-        idx = epoch_indices(len(domain.train), steps_per_epoch * batch_size, "pretrain", seed, e)
+        order = pairs[torch.randperm(total, generator=generator("pretrain", seed, e))]
         for k in range(steps_per_epoch):
-            x, y = domain.train.get_batch(idx[k * batch_size : (k + 1) * batch_size])
-            x = augment(x, domain.preprocess, torch.Generator().manual_seed(derive_seed("pt-aug", seed, e, k)))
-            loss = F.cross_entropy(net(x.to(device)), y.to(device))
+            chunk = order[k * batch_size : (k + 1) * batch_size]
+            xs, ys, ds, present = [], [], [], []
+            for i, dom in enumerate(doms):
+                idx = chunk[chunk[:, 0] == i, 1]
+                if len(idx):
+                    x, y = dom.train.get_batch(idx)
+                    xs.append(augment(x, dom.preprocess, generator("pt-aug", seed, e, k, i)))
+                    ys.append(y.to(device))
+                    ds.append(torch.full((len(idx),), i))
+                    present.append(i)
+            x, dom_ids = torch.cat(xs).to(device), torch.cat(ds).to(device)
+            f = net.features(x, dom_ids)
+            ce = [
+                F.cross_entropy(net.heads[i](f[dom_ids == i]), y, reduction="sum")
+                for i, y in zip(present, ys, strict=True)
+            ]
+            loss = torch.stack(ce).sum() / len(x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -85,21 +121,28 @@ def pretrain_backbone(
             if callback:
                 callback.on_advance(1, loss=float(loss.detach()))
     net.eval()
-    correct = 0
+    per = {}
     with torch.no_grad():
-        for i in range(0, len(domain.val), 256):
-            x, y = domain.val.get_batch(torch.arange(i, min(i + 256, len(domain.val))))
-            correct += int((net(eval_view(x, domain.preprocess).to(device)).argmax(1).cpu() == y).sum())
-    acc = correct / max(1, len(domain.val))
-    info = {"val_accuracy": acc, "seconds": round(time.time() - t0, 1), "epochs": epochs, "source": domain.name}
+        for i, dom in enumerate(doms):
+            correct = 0
+            for s in range(0, len(dom.val), 256):
+                x, y = dom.val.get_batch(torch.arange(s, min(s + 256, len(dom.val))))
+                x = eval_view(x, dom.preprocess).to(device)
+                pred = net.heads[i](net.features(x, torch.full((len(x),), i, device=device))).argmax(1).cpu()
+                correct += int((pred == y).sum())
+            per[dom.name] = correct / max(1, len(dom.val))
+    acc = sum(per.values()) / len(per)
+    info = {"val_accuracy": acc, "per_domain": per, "seconds": round(time.time() - t0, 1), "epochs": epochs,
+            "source": [d.name for d in doms]}  # fmt: skip
     if callback:
-        callback.on_phase_end(f"pretrained on {domain.name}: val acc {acc:.3f}")
-    log.info("pretrained %s on %s: val acc %.4f in %.0fs", backbone, domain.name, acc, info["seconds"])
-    if acc < 1.5 / domain.num_classes:
+        callback.on_phase_end(f"pretrained {backbone} on {name}: mean val accuracy {acc:.3f}")
+    log.info("pretrained %s on %s: val accuracy %s in %.0fs", backbone, name, per, info["seconds"])
+    chance = sum(1.0 / d.num_classes for d in doms) / len(doms)
+    if acc < 1.5 * chance:
         log.warning(
-            "pretraining %s on %s reached only %.3f validation accuracy (chance is %.3f): the frozen features will be "
+            "pretraining %s reached only %.3f mean validation accuracy (chance %.3f): the frozen features will be "
             "poor; raise --pretrain-epochs or pass --weights",
-            backbone, domain.name, acc, 1.0 / domain.num_classes,
+            backbone, acc, chance,
         )  # fmt: skip
     return net.backbone.cpu().eval(), info
 
@@ -108,8 +151,7 @@ def ensure_pretrained(
     backbone: str, domains: DomainSet, epochs: int, seed: int = 0, device="cpu", callback: Any = None
 ) -> tuple[Path, dict[str, Any]]:
     """Return the cached pretrained weights for this configuration, training them first if absent."""
-    source = domains.source_domain or domains.names[0]
-    path = pretrained_path(backbone, domains, source, epochs, seed)
+    path = pretrained_path(backbone, domains, epochs, seed)
     meta_path = path.with_suffix(".json")
     if path.is_file() and meta_path.is_file():
         try:
@@ -119,8 +161,8 @@ def ensure_pretrained(
         except (OSError, json.JSONDecodeError):
             pass
         log.warning("pretrained cache %s is inconsistent; retraining", path)
-    net, info = pretrain_backbone(backbone, domains.get(source), epochs, seed, device=device, callback=callback)
-    save_state_dict(path, net.state_dict(), {"backbone": backbone, "source": source})
+    net, info = pretrain_backbone(backbone, source_domains(domains), epochs, seed, device=device, callback=callback)
+    save_state_dict(path, net.state_dict(), {"backbone": backbone, "source": ",".join(info["source"])})
     info["sha256"] = file_sha256(path)
     atomic_write_json(meta_path, info)
     return path, info

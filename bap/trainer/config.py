@@ -64,6 +64,8 @@ class TrainConfig:
         lr_head: SGD learning rate of the heads; ``None`` scales 0.1 by 64 / feature width.
         bn_recal_images: training images per domain used to re-estimate BN statistics after training.
         round_to: channel rounding used for the compact-structure metrics (the exporter has its own flag).
+        pretrain_source: domain (or ``union``) the backbone is pretrained on when no weights are given; ``None``
+            uses the data's default (``mnist`` for the embedded suite).
         resume: continue the interrupted run in ``out``.
     """
 
@@ -91,6 +93,7 @@ class TrainConfig:
     lambda_lr: float | None = None
     bn_recal_images: int = 2048
     pretrain_epochs: int = 6
+    pretrain_source: str | None = None
     round_to: int = 1
     device: str = "auto"
     amp: bool = True

@@ -167,6 +167,10 @@ def train(cfg: TrainConfig, callback: Any = None) -> dict[str, Any]:
     BACKBONES.get(cfg.backbone)  # unknown names fail before anything is written
     domains = load_domains(cfg.data_root, cfg.layout, cfg.domains or None, seed=0)
     _check_domains(domains)
+    if cfg.pretrain_source is not None:
+        if cfg.pretrain_source != "union":
+            domains.get(cfg.pretrain_source)  # unknown names fail here, before anything is written
+        domains.source_domain = cfg.pretrain_source
     if doc is not None and [d["name"] for d in doc["domains"]] != domains.names:
         raise IncompatibleArtifactError(f"{run.path} was trained on other domains", "resume with the same data")
     dist.barrier()  # every rank has checked the run directory before rank 0 writes to it

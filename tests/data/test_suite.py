@@ -21,7 +21,7 @@ def test_suite_has_five_domains_with_a_small_one(suite):
     summaries = [d.summary() for d in suite]
     assert any(s["train"] <= 500 for s in summaries)
     assert len({s["classes"] for s in summaries}) >= 3  # different class counts
-    assert suite.source_domain == SOURCE_DOMAIN
+    assert suite.source_domain == SOURCE_DOMAIN == "mnist"
     for s in summaries:
         assert s["train"] > 0 and s["val"] > 0 and s["test"] > 0
         assert s["source"]
