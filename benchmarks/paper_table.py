@@ -171,20 +171,30 @@ def main() -> None:
 
 
 def _plot(records: list[dict[str, Any]], path: Path) -> Path:
+    """Mean accuracy and S against Params and FLOP, one curve per method (finetune's Params = D is off-scale)."""
     from bap.runtime.plots import pyplot
 
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     for method in dict.fromkeys(r["method"] for r in records):
         rs = sorted((r for r in records if r["method"] == method), key=lambda r: r["params"])
-        for ax, key, label in ((axes[0], "params", "Params (rel)"), (axes[1], "flop", "FLOP (rel)")):
-            ax.plot([r[key] for r in rs], [100 * r["mean_accuracy"] for r in rs], marker="o", label=method)
-            ax.set_xlabel(label)
-            ax.set_ylabel("mean accuracy (%)")
-            ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+        for row, (ykey, ylabel) in enumerate((("mean_accuracy", "mean accuracy (%)"), ("s", "S-score"))):
+            for col, (xkey, xlabel) in enumerate((("params", "Params (rel)"), ("flop", "FLOP (rel)"))):
+                ax = axes[row][col]
+                pts = [
+                    (r[xkey], (100 * r[ykey] if ykey == "mean_accuracy" else r[ykey]))
+                    for r in rs
+                    if r[ykey] is not None
+                ]
+                pts = [p for p in pts if p[0] <= 1.5]  # finetune (Params = D) would squash the axis
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+                ax.set_xlabel(xlabel)
+                ax.set_ylabel(ylabel)
+                ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bap.core.env import versions
 from bap.core.io import atomic_write_json, file_sha256, save_state_dict
-from bap.trainer.artifacts import RUN_FORMAT, RunDir
+from bap.trainer.artifacts import RunDir, run_config_doc
 from bap.trainer.config import TrainConfig
 
 __all__ = ["random_switches_", "write_run_dir"]
@@ -46,29 +44,14 @@ def write_run_dir(
     The result is loadable by :func:`bap.trainer.load_run`, so the exporter and runtime can be exercised on any
     backbone and switch pattern without training.
     """
-    from bap.trainer.loop import _domain_docs
+    from bap.core.graph import analyze
 
     run = RunDir(path)
     run.path.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig(out=str(path), method=method, budgets=(budget,), backbone=_backbone_name(backbone))
     save_state_dict(run.backbone_path, backbone.state_dict())
-    doc = {
-        "format": RUN_FORMAT,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "config": cfg.to_dict(),
-        "domains": _domain_docs(domains),
-        "data_origin": domains.origin,
-        "backbone": {
-            "name": cfg.backbone,
-            "weights_source": "synthetic",
-            "input_size": model.graph.input_size,
-            "macs": model.graph.total_macs,
-            "params": sum(p.numel() for p in backbone.parameters()),
-            "switches": model.graph.num_switches,
-            "sha256": file_sha256(run.backbone_path),
-        },
-        "versions": versions(),
-    }
+    doc = run_config_doc(cfg, domains, backbone, analyze(backbone, model.graph.input_size), "synthetic")
+    doc["backbone"]["sha256"] = file_sha256(run.backbone_path)
     run.write_config(doc)
     save_state_dict(run.state_path(budget), model.trainable_state())
     atomic_write_json(run.result_path(budget), result or {"method": method, "budget": budget, "accuracy": {}})

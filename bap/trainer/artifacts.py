@@ -29,12 +29,60 @@ from bap.data.types import DomainSet
 from bap.errors import IncompatibleArtifactError
 from bap.trainer.config import TrainConfig, budget_key
 
-__all__ = ["REPORT_FORMAT", "RUN_FORMAT", "LoadedRun", "RunDir", "load_run"]
+__all__ = ["REPORT_FORMAT", "RUN_FORMAT", "LoadedRun", "RunDir", "domain_docs", "load_run", "run_config_doc"]
 
 log = logging.getLogger(__name__)
 
 RUN_FORMAT = "bap.run/1"
 REPORT_FORMAT = "bap.train-report/1"
+
+
+def domain_docs(domains: DomainSet) -> list[dict[str, Any]]:
+    """The ``domains`` entries of ``config.json`` (everything export and eval need to rebuild a domain)."""
+    return [
+        {
+            "name": d.name,
+            "index": i,
+            "classes": list(d.classes),
+            "mean": list(d.mean),
+            "std": list(d.std),
+            "preprocess": d.preprocess.to_dict(),
+            "train": len(d.train),
+            "val": len(d.val),
+            "test": len(d.test),
+            "source": d.source,
+        }
+        for i, d in enumerate(domains)
+    ]
+
+
+def run_config_doc(
+    cfg: TrainConfig, domains: DomainSet, backbone: Any, graph: Any, weights_source: str, pretrain: dict | None = None
+) -> dict[str, Any]:
+    """``config.json`` of a run (the backbone's ``sha256`` is added once its file is written)."""
+    import datetime as _dt
+
+    from bap.core.env import machine, versions
+
+    return {
+        "format": RUN_FORMAT,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": cfg.to_dict(),
+        "domains": domain_docs(domains),
+        "data_origin": domains.origin,
+        "backbone": {
+            "name": cfg.backbone,
+            "weights_source": weights_source,
+            "pretrain": pretrain,
+            "input_size": graph.input_size,
+            "macs": graph.total_macs,
+            "params": sum(p.numel() for p in backbone.parameters()),
+            "switches": graph.num_switches,
+            "coupling": graph.summary(),
+        },
+        "versions": versions(),
+        "machine": machine(),
+    }
 
 
 class RunDir:

@@ -8,7 +8,6 @@ harder loses at most the current epoch. ``--resume`` continues from the checkpoi
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import logging
 import signal
 import threading
@@ -18,12 +17,12 @@ from typing import Any
 
 import torch
 
-from bap.core.env import machine, resolve_device, versions
+from bap.core.env import resolve_device
 from bap.core.io import RunLock, atomic_write_json, file_sha256, save_state_dict
 from bap.data.sources import load_domains
 from bap.data.types import DomainSet
 from bap.errors import ConfigError, DataError, IncompatibleArtifactError
-from bap.trainer.artifacts import REPORT_FORMAT, RUN_FORMAT, RunDir
+from bap.trainer.artifacts import REPORT_FORMAT, RunDir, run_config_doc
 from bap.trainer.config import TrainConfig, budget_key
 from bap.trainer.distributed import DistContext, init_distributed
 from bap.trainer.sampling import domain_order, epoch_indices
@@ -83,24 +82,6 @@ def _load_reference_errors(domains: DomainSet) -> dict[str, float] | None:
     from bap.data.reference import reference_errors
 
     return reference_errors()
-
-
-def _domain_docs(domains: DomainSet) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": d.name,
-            "index": i,
-            "classes": list(d.classes),
-            "mean": list(d.mean),
-            "std": list(d.std),
-            "preprocess": d.preprocess.to_dict(),
-            "train": len(d.train),
-            "val": len(d.val),
-            "test": len(d.test),
-            "source": d.source,
-        }
-        for i, d in enumerate(domains)
-    ]
 
 
 def _check_domains(domains: DomainSet) -> None:
@@ -207,25 +188,7 @@ def _train_locked(cfg, run: RunDir, doc, domains: DomainSet, device, dist: DistC
             pretrain_info = None
         backbone = create_backbone(cfg.backbone, weights_source).eval()
         graph = analyze(backbone, domains[0].preprocess.crop)
-        doc = {
-            "format": RUN_FORMAT,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "config": cfg.to_dict(),
-            "domains": _domain_docs(domains),
-            "data_origin": domains.origin,
-            "backbone": {
-                "name": cfg.backbone,
-                "weights_source": weights_source,
-                "pretrain": pretrain_info,
-                "input_size": graph.input_size,
-                "macs": graph.total_macs,
-                "params": sum(p.numel() for p in backbone.parameters()),
-                "switches": graph.num_switches,
-                "coupling": graph.summary(),
-            },
-            "versions": versions(),
-            "machine": machine(),
-        }
+        doc = run_config_doc(cfg, domains, backbone, graph, weights_source, pretrain_info)
         if dist.is_main:
             save_state_dict(run.backbone_path, backbone.state_dict(), {"backbone": cfg.backbone})
             doc["backbone"]["sha256"] = file_sha256(run.backbone_path)

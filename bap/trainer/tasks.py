@@ -72,7 +72,25 @@ def _with_scores(ctx: TaskContext, res: dict[str, Any]) -> dict[str, Any]:
     return res
 
 
-class SwitchTask:
+class _Task:
+    """Defaults shared by the tasks: no per-step bookkeeping, nothing extra to log, plain validation accuracy."""
+
+    ctx: TaskContext
+    model: nn.Module
+
+    def after_step(self, d: int, stats: dict[str, float]) -> None:
+        """Called after each optimizer step of domain ``d``."""
+
+    def epoch_stats(self) -> dict[str, Any]:
+        """Extra numbers for the epoch's metrics line."""
+        return {}
+
+    def quick_validate(self) -> dict[str, float]:
+        """Validation accuracy per domain at the end of an epoch."""
+        return _accuracy_block(self.ctx, self.model, "val")
+
+
+class SwitchTask(_Task):
     """``bap`` and ``ba2``: per-domain switches (Adam, no decay), BN and heads (SGD momentum 0.9)."""
 
     def __init__(self, ctx: TaskContext, beta: float):
@@ -231,16 +249,9 @@ class FeatureTask(SwitchTask):
         ce.backward()
         return {"loss": float(ce.detach()), "ce": float(ce.detach())}
 
-    def after_step(self, d: int, stats: dict[str, float]) -> None:
-        """No multiplier."""
-
-    def epoch_stats(self) -> dict[str, Any]:
-        """Nothing beyond the losses."""
-        return {}
-
-    def quick_validate(self) -> dict[str, float]:
-        """Validation accuracy (BN is the backbone's: nothing to re-estimate)."""
-        return _accuracy_block(self.ctx, self.model, "val")
+    after_step = _Task.after_step  # no multiplier
+    epoch_stats = _Task.epoch_stats
+    quick_validate = _Task.quick_validate  # BN is the backbone's: nothing to re-estimate
 
     def state_dict(self) -> dict[str, Any]:
         """Resumable state."""
@@ -286,7 +297,7 @@ class _FinetuneBank(nn.Module):
         return self.nets[d](x)
 
 
-class FinetuneTask:
+class FinetuneTask(_Task):
     """``finetune``: every domain fine-tunes its own copy of the whole backbone (the S-score reference)."""
 
     def __init__(self, ctx: TaskContext, beta: float):
@@ -315,17 +326,6 @@ class FinetuneTask:
         ce = F.cross_entropy(self.model(x, d), y)
         ce.backward()
         return {"loss": float(ce.detach()), "ce": float(ce.detach())}
-
-    def after_step(self, d: int, stats: dict[str, float]) -> None:
-        """Nothing to update."""
-
-    def epoch_stats(self) -> dict[str, Any]:
-        """Nothing beyond the losses."""
-        return {}
-
-    def quick_validate(self) -> dict[str, float]:
-        """Validation accuracy."""
-        return _accuracy_block(self.ctx, self.model, "val")
 
     def state_dict(self) -> dict[str, Any]:
         """Resumable state."""

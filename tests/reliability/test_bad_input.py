@@ -329,7 +329,9 @@ def test_cli_bad_input(case, env, capsys):
         RECORDS[cid] = (" ".join(["bap", *args]), code, _normalise(lines[0], env))
     else:
         assert out.strip() and not err.strip()
-        RECORDS[cid] = (" ".join(["bap", *args]), code, "handled: " + _normalise(out.strip().splitlines()[0], env))
+        first = out.strip().splitlines()[0]
+        assert "(" in first and ":" in first  # "<file> (<domain>): class p, class p, ..."
+        RECORDS[cid] = (" ".join(["bap", *args]), code, "handled: decoded, converted to RGB, top-k printed")
     for p in _sub(absent, env):
         assert not Path(p).exists(), f"{cid} wrote {p}"
 
