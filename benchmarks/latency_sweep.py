@@ -25,8 +25,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup-s", type=float, default=0.5)
     p.add_argument("--duration-s", type=float, default=2.0)
-    p.add_argument("--round-to", type=int, default=1)
-    p.add_argument("--gather-threshold", type=float, default=1.0)
+    p.add_argument("--round-to", type=int, default=16)
+    p.add_argument("--gather-threshold", type=float, default=0.5)
+    p.add_argument("--input-size", type=int, default=None, help="benchmark at this size (default: the run's, 32)")
     p.add_argument("--work", type=Path, default=WORK / "latency_sweep")
     p.add_argument("--name", default="latency_sweep")
     return p.parse_args()
@@ -52,7 +53,7 @@ def main() -> None:
         export(ExportConfig(run_dir=str(a.run), budget=beta, out=str(out), specialise=("all",), round_to=a.round_to,
                             gather_threshold=a.gather_threshold, validation_images=8))  # fmt: skip
         doc = bench(BenchConfig(export=str(out), batch_sizes=sizes, warmup_s=a.warmup_s, duration_s=a.duration_s,
-                                iterations=20, threads=a.threads, memory=False))  # fmt: skip
+                                iterations=20, threads=a.threads, memory=False, input_size=a.input_size))  # fmt: skip
         docs[f"{beta:g}"] = doc
         for b in sizes:
             q = [r for r in doc["ratios"] if r["batch"] == b]
@@ -68,8 +69,9 @@ def main() -> None:
     png = _plot(points, RESULTS / f"{a.name}.png")
     header = ["β", "batch", "backbone ms", "multi rel MACs", "multi latency ratio", "spec. rel MACs (mean)",
               "spec. latency ratio (mean)", "multi / spec."]  # fmt: skip
-    text = (f"### Latency sweep: ONNX Runtime CPU fp32, {a.threads} threads, batch {', '.join(map(str, sizes))}\n\n"
-            f"Run `{a.run}` (embedded suite, 32x32 inputs); ratios are to `backbone.onnx` at the same batch, models "
+    size = a.input_size or 32
+    text = (f"### Latency sweep: ONNX Runtime CPU fp32, {a.threads} threads, batch {', '.join(map(str, sizes))}, {size}x{size} inputs\n\n"
+            f"Run `{a.run.name}` (embedded suite, trained at 32x32; round-to {a.round_to}, gather threshold {a.gather_threshold}); ratios are to `backbone.onnx` at the same batch, models "
             f"interleaved. MACs: the multi-domain model executes the union of all domains' channels.\n\n"
             + md_table(header, rows) + f"\n\n![latency vs MACs]({png.name})")  # fmt: skip
     write_results(a.name, {"rows": rows, "points": points, "bench": docs}, text)
