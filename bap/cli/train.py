@@ -54,11 +54,17 @@ def train(
     method: Annotated[
         str,
         typer.Option(
-            help="bap (sharing loss), ba2 (no sharing loss), feature (heads only), finetune (full network per domain)."
+            help="bap (sharing loss), ba2 (no sharing loss), feature (heads only), finetune (full network per domain), "
+            "dgprune (one shared network, channels pruned by a domain-generalised Taylor importance)."
         ),
     ] = "bap",
     budgets: Annotated[
-        str, typer.Option(help="Comma-separated switch budgets in (0, 1]; one model per budget.")
+        str,
+        typer.Option(
+            "--budgets",
+            "--budget",
+            help="Comma-separated budgets in (0, 1]; one model per budget (dgprune: fractions of the backbone's MACs).",
+        ),
     ] = "1.0,0.5",
     budget_unit: Annotated[
         str,
@@ -114,6 +120,13 @@ def train(
             show_default=False,
         ),
     ] = None,
+    dg_variance_weight: Annotated[
+        float,
+        typer.Option(help="dgprune: weight of the across-domain variance of the importance (0 = plain Taylor)."),
+    ] = 1.0,
+    dg_head: Annotated[
+        str, typer.Option(help="dgprune: auto (shared head iff the label spaces agree), shared or per-domain.")
+    ] = "auto",
     round_to: Annotated[int, typer.Option(help="Channel rounding used for the MAC/param metrics (1, 8, 16, 32).")] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     amp: Annotated[bool, typer.Option(help="bfloat16 autocast on CUDA.")] = True,
@@ -157,6 +170,8 @@ def train(
         ps_scale=ps_scale,
         lambda_lr=lambda_lr,
         preset=preset,
+        dg_variance_weight=dg_variance_weight,
+        dg_head=dg_head,
         round_to=round_to,
         pretrain_epochs=pretrain_epochs,
         pretrain_source=pretrain_source,

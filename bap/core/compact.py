@@ -179,11 +179,15 @@ def _rows(table: torch.Tensor, domain: int | torch.Tensor) -> torch.Tensor:
     Tables are stored ``[D, C, 1, 1]`` so that one ONNX ``Gather`` yields the ``[B, C, 1, 1]`` operand directly
     (no Unsqueeze nodes per table).
     """
+    if table.shape[0] == 1:  # one shared row: a constant, no Gather in the graph
+        return table
     return table[domain]
 
 
 def _table(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().clone().float().reshape(t.shape[0], -1, 1, 1)
+    """``[D, C]`` -> ``[D, C, 1, 1]``; rows equal in every domain collapse to one (``dgprune``'s shared BN)."""
+    t = t.detach().clone().float().reshape(t.shape[0], -1, 1, 1)
+    return t[:1] if bool((t == t[:1]).all()) else t
 
 
 class DomainAffine(nn.Module):
@@ -410,11 +414,13 @@ def build_compact(model: MultiDomainNet, plan: ChannelPlan) -> CompactNet:
     w, b = w[rows], b[rows]
     k = max(model.heads.num_classes[r] for r in rows)
     head = CompactHead(w[:, :k], b[:, :k])
-    return CompactNet(_compact_input(model, plan, rows), _rewrite_body(model, plan, rows), head, plan).eval()
+    # tables every served domain shares (one row: dgprune, or a single domain) fold into their convs
+    body = _fold_affine_into_convs(_rewrite_body(model, plan, rows))
+    return CompactNet(_compact_input(model, plan, rows), body, head, plan).eval()
 
 
 def _fold_affine_into_convs(gm: fx.GraphModule) -> fx.GraphModule:
-    """Fold every constant (single-domain) affine that directly follows a conv into that conv's weights."""
+    """Fold every constant (one-row) affine that directly follows a conv into that conv's weights."""
     g = gm.graph
     for node in list(g.nodes):
         if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), DomainAffine):
@@ -426,9 +432,18 @@ def _fold_affine_into_convs(gm: fx.GraphModule) -> fx.GraphModule:
         if not isinstance(conv, nn.Conv2d):
             continue
         aff: DomainAffine = gm.get_submodule(node.target)  # type: ignore[assignment]
+        if aff.A.shape[0] != 1 or aff.B.shape[0] != 1:
+            continue
         a, b = aff.A[0].flatten(), aff.B[0].flatten()
         fused = nn.Conv2d(
-            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, 1, True
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            True,
         )
         with torch.no_grad():
             fused.weight.copy_(conv.weight * a.view(-1, 1, 1, 1))
@@ -439,6 +454,7 @@ def _fold_affine_into_convs(gm: fx.GraphModule) -> fx.GraphModule:
         node.replace_all_uses_with(src)
         g.erase_node(node)
     g.lint()
+    gm.delete_all_unused_submodules()  # the folded tables must not be counted (or exported) again
     gm.recompile()
     return gm
 

@@ -141,6 +141,21 @@ class CouplingGraph:
             w[c.offset : c.offset + c.in_channels] = float(c.macs_per_input_channel)
         return w
 
+    def masked_macs(self, on: torch.Tensor) -> dict[str, int]:
+        """Conv MACs of one domain's own channels, per conv: ``on`` is its bool ``[M]`` switch row.
+
+        A conv keeps its switched-on inputs (at least one, so the graph stays valid); a chain producer keeps only
+        the filters its consumer reads. Exact for ``round_to = 1`` (thop agrees on the specialised model).
+        """
+        on = on.bool()
+        kept = {c.name: max(1, int(on[c.offset : c.offset + c.in_channels].sum())) for c in self.convs}
+        out = {}
+        for c in self.convs:
+            consumer = self.chain_consumer(c.name)
+            width = kept[consumer.name] if consumer is not None else c.out_channels
+            out[c.name] = kept[c.name] * width * c.kernel[0] * c.kernel[1] * c.out_hw[0] * c.out_hw[1] // c.groups
+        return out
+
     @property
     def total_macs(self) -> int:
         """Conv MACs of the unpruned backbone at the reference input size."""

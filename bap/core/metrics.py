@@ -68,13 +68,14 @@ def param_bits(
         model: the trained masked model (source of the backbone's sizes).
         compact_body: the compact body (pruned convs + per-domain affine tables).
         switch_positions: kept switch positions per domain (each stored as 1 bit per domain).
-        shared_bn: the BN tables are one shared set (``feature`` baseline), not per domain.
+        shared_bn: one network shared by all domains (``feature``, ``dgprune``): no per-domain switch bits.
         num_domains: domains the compact model serves (default: all of ``model``'s).
     """
     d = num_domains or model.num_domains
     conv = _conv_params(compact_body)
     tables = [m for m in compact_body.modules() if isinstance(m, DomainAffine)]
-    bn = sum(t.A.shape[1] * 2 for t in tables) * (1 if shared_bn else d)
+    # tables shared by all domains are stored once (one row): count what the model stores
+    bn = sum(t.A.numel() + t.B.numel() for t in tables)
     bits = 32 * (conv + bn) + (0 if shared_bn else d * switch_positions)
     backbone_conv = sum(c.in_channels * c.out_channels * c.kernel[0] * c.kernel[1] for c in model.graph.convs)
     backbone_conv += sum(

@@ -42,7 +42,7 @@ from bap.exporter.validate import (
     within_tolerance,
 )
 from bap.trainer.artifacts import LoadedRun, load_run
-from bap.trainer.config import budget_key
+from bap.trainer.config import SHARED_METHODS, budget_key
 from bap.trainer.sampling import eval_view
 
 __all__ = ["ExportResult", "export", "plan_summary", "stage_of"]
@@ -77,6 +77,7 @@ def _layer_macs(kept_in: int, kept_out: int, conv) -> int:
 def plan_summary(graph, plan: ChannelPlan, on: torch.Tensor) -> list[dict[str, Any]]:
     """Per stage: kept/total input and output channels, executed MACs, and each domain's own MACs."""
     rows: dict[str, dict[str, Any]] = {}
+    domain_macs = [graph.masked_macs(row) for row in on]
     for c in graph.convs:
         lp = plan.layers[c.name]
         r = rows.setdefault(
@@ -91,14 +92,8 @@ def plan_summary(graph, plan: ChannelPlan, on: torch.Tensor) -> list[dict[str, A
         r["out_total"] += lp.out_total
         r["macs_executed"] += _layer_macs(len(lp.in_keep), len(lp.out_keep), c)
         r["macs_backbone"] += _layer_macs(c.in_channels, c.out_channels, c)
-        consumer = graph.chain_consumer(c.name)
-        for i, d in enumerate(plan.domains):
-            # a conv keeps >= 1 input channel even where a domain switched all off (the graph stays valid)
-            act_in = max(1, int(on[i, c.offset : c.offset + c.in_channels].sum()))
-            act_out = c.out_channels
-            if consumer is not None:
-                act_out = max(1, int(on[i, consumer.offset : consumer.offset + consumer.in_channels].sum()))
-            r["macs"][d] += _layer_macs(act_in, act_out, c)
+        for d, per_conv in zip(plan.domains, domain_macs, strict=True):
+            r["macs"][d] += per_conv[c.name]
     return list(rows.values())
 
 
@@ -196,7 +191,9 @@ def export(cfg: ExportConfig, callback: Callable[[str, str], None] | None = None
     macs = {n: count_conv_macs(m.body, m.input(x0, 0), 0) for n, m in spec_nets.items()}
     backbone_macs = graph.total_macs
     positions = sum(len(lp.in_keep) for lp in plan.layers.values())
-    pb = param_bits(model, compact.body, positions, shared_bn=run.config.method == "feature", num_domains=len(served))
+    pb = param_bits(
+        model, compact.body, positions, shared_bn=run.config.method in SHARED_METHODS, num_domains=len(served)
+    )
     timings["build"] = time.time() - t
     say(
         "build",
@@ -402,6 +399,7 @@ def _manifest(
         "budget_unit": run.config.budget_unit,
         "method": run.config.method,
         "lambda_ps": run.config.effective_lambda_ps,
+        "criterion": res.get("criterion"),
         "precision": cfg.precision,
         "opset": cfg.opset,
         "round_to": cfg.round_to,

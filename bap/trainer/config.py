@@ -9,12 +9,14 @@ from typing import Any
 
 from bap.errors import ConfigError
 
-__all__ = ["METHODS", "PRESETS", "TrainConfig", "budget_key"]
+__all__ = ["METHODS", "PRESETS", "SHARED_METHODS", "TrainConfig", "budget_key"]
 
-METHODS = ("bap", "ba2", "feature", "finetune")
+METHODS = ("bap", "ba2", "feature", "finetune", "dgprune")
+DG_HEADS = ("auto", "shared", "per-domain")
 BUDGET_UNITS = ("switches", "macs")
 DEVICES = ("auto", "cpu", "cuda")
 SWITCH_METHODS = ("bap", "ba2")
+SHARED_METHODS = ("feature", "dgprune")  # one network for all domains: no per-domain switch bits
 
 # paper settings (DESIGN.md section 1); epochs are real epochs there, so steps_per_epoch = 0 means "one pass"
 PRESETS: dict[str, dict[str, Any]] = {
@@ -66,7 +68,12 @@ class TrainConfig:
         round_to: channel rounding used for the compact-structure metrics (the exporter has its own flag).
         pretrain_source: domain (or ``union``) the backbone is pretrained on when no weights are given; ``None``
             uses the data's default (``mnist`` for the embedded suite).
+        dg_variance_weight: ``dgprune``: weight of the across-domain variance of the importance (0: plain Taylor).
+        dg_head: ``dgprune``: ``auto`` (one shared head iff the label spaces agree), ``shared`` or ``per-domain``.
+        dg_importance_batches: ``dgprune``: batches per domain used to score the channels at each pruning step.
         resume: continue the interrupted run in ``out``.
+
+    ``dgprune`` budgets are always fractions of the backbone's MACs (``budget_unit`` is set to ``macs``).
     """
 
     out: str = "runs/default"
@@ -98,6 +105,9 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     preset: str | None = None
+    dg_variance_weight: float = 1.0
+    dg_head: str = "auto"
+    dg_importance_batches: int = 4
     resume: bool = False
     quiet: bool = False
 
@@ -113,6 +123,10 @@ class TrainConfig:
                 raise ConfigError(f"budget {b} is outside (0, 1]", "pass budgets like 1.0,0.75,0.5,0.25 (--budgets)")
         if len({budget_key(b) for b in self.budgets}) != len(self.budgets):
             raise ConfigError(f"budgets {list(self.budgets)} repeat a value", "list each budget once")
+        if self.method == "dgprune":
+            object.__setattr__(self, "budget_unit", "macs")  # frozen dataclass: normalise, do not refuse
+        if self.dg_head not in DG_HEADS:
+            raise ConfigError(f"unknown dg_head {self.dg_head!r}", f"choose one of: {', '.join(DG_HEADS)} (--dg-head)")
         if self.budget_unit not in BUDGET_UNITS:
             raise ConfigError(f"unknown budget unit {self.budget_unit!r}", "use --budget-unit switches or macs")
         if self.device not in DEVICES:
@@ -121,7 +135,8 @@ class TrainConfig:
             raise ConfigError(f"unknown ps_scale {self.ps_scale!r}", "use none or lambda")
         if self.preset is not None and self.preset not in PRESETS:
             raise ConfigError(f"unknown preset {self.preset!r}", f"choose one of: {', '.join(PRESETS)}")
-        ints = {"epochs": 1, "batch_size": 1, "steps_per_epoch": 0, "bn_recal_images": 1, "pretrain_epochs": 0}
+        ints = {"epochs": 1, "batch_size": 1, "steps_per_epoch": 0, "bn_recal_images": 1, "pretrain_epochs": 0,
+                "dg_importance_batches": 1}  # fmt: skip
         for name, lo in ints.items():
             v = getattr(self, name)
             if not isinstance(v, int) or v < lo:
@@ -132,7 +147,7 @@ class TrainConfig:
                 continue
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ConfigError(f"{name} must be a positive number, got {v!r}", f"fix --{name.replace('_', '-')}")
-        for name in ("lambda_ps", "weight_decay"):
+        for name in ("lambda_ps", "weight_decay", "dg_variance_weight"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ConfigError(f"{name} must be >= 0, got {v!r}", f"fix --{name.replace('_', '-')}")
@@ -156,7 +171,7 @@ class TrainConfig:
     @property
     def effective_budgets(self) -> tuple[float, ...]:
         """Budgets actually trained: baselines without switches train once, at 1.0."""
-        return self.budgets if self.trains_switches else (1.0,)
+        return self.budgets if self.trains_switches or self.method == "dgprune" else (1.0,)
 
     @property
     def effective_lambda_ps(self) -> float:

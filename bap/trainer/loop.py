@@ -27,6 +27,7 @@ from bap.trainer.config import TrainConfig, budget_key
 from bap.trainer.distributed import DistContext, init_distributed
 from bap.trainer.sampling import domain_order, epoch_indices
 from bap.trainer.tasks import TASKS, TaskContext, batch_for, steps_per_epoch
+from bap.trainer import dgprune as _dgprune  # noqa: F401  (registers --method dgprune)
 
 __all__ = ["TrainingInterrupted", "build_report", "train"]
 
@@ -275,6 +276,7 @@ def _train_budget(ctx: TaskContext, run: RunDir, beta: float, cb, stop: threadin
     trainable = task.trainable()
     for epoch in range(start_epoch, cfg.epochs):
         lr_factor = _set_lr(task, epoch, cfg.lr_milestones)
+        task.on_epoch_start(epoch)
         idx = {
             d: epoch_indices(len(ctx.domains[d].train), steps * cfg.batch_size, cfg.seed, key, epoch, d)
             for d in range(num_domains)

@@ -78,6 +78,9 @@ class _Task:
     ctx: TaskContext
     model: nn.Module
 
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before the first step of each epoch (also when a run resumes mid-epoch)."""
+
     def after_step(self, d: int, stats: dict[str, float]) -> None:
         """Called after each optimizer step of domain ``d``."""
 

@@ -6,6 +6,7 @@ from bap.core.compact import build_compact, build_specialised, count_conv_macs, 
 from bap.core.graph import analyze
 from bap.core.multidomain import DomainSpec, build_multidomain
 from bap.models import create_backbone
+from bap.testing import random_switches_
 
 
 def _max_diff(ref, out):
@@ -37,6 +38,8 @@ def test_kept_channels_are_the_union_of_switches_hand_checked():
     m = build_multidomain(
         bb, g, [DomainSpec("a", 2, (0.5,) * 3, (0.2,) * 3), DomainSpec("b", 3, (0.5,) * 3, (0.2,) * 3)]
     )
+    for dbn in m.domain_bns():  # distinct BN per domain: tables stay per-domain (equal rows would fold)
+        dbn.bns[1].running_var.fill_(2.0)
     on = torch.ones(2, g.num_switches, dtype=torch.bool)
     c2 = g.conv("layers.0.0.conv2")  # chain: input = layers.0.0.conv1's 8 outputs
     sl = slice(c2.offset, c2.offset + c2.in_channels)
@@ -91,3 +94,24 @@ def test_thop_macs_equal_the_layer_formula():
     for d, name in enumerate(names):
         sm = build_specialised(m, d)
         assert count_conv_macs(sm.body, sm.input(x, 0), 0) == sum(r["macs"][name] for r in summary)
+
+
+def test_tables_equal_in_every_domain_collapse_and_fold_into_convs():
+    """A shared network (dgprune, or identical BN): no per-domain tables or gathers left, outputs unchanged."""
+    from bap.core.compact import DomainAffine
+
+    bb = create_backbone("test_cnn").eval()
+    g = analyze(bb, 32)
+    specs = [DomainSpec(n, 3, (0.5,) * 3, (0.2,) * 3) for n in "ab"]
+    m = build_multidomain(bb, g, specs).eval()
+    random_switches_(m, seed=3)
+    for dbn in m.domain_bns():  # every domain: domain 0's BN
+        dbn.bns[1].load_state_dict(dbn.bns[0].state_dict())
+    on = m.switches.binary()[:1].expand(2, -1).clone()
+    m.switches.set_binary_(on)
+    cm = build_compact(m, plan_channels(g, on, ["a", "b"]))
+    assert not [x for x in cm.body.modules() if isinstance(x, DomainAffine)]
+    x = torch.rand(4, 3, 32, 32)
+    dom = torch.tensor([0, 1, 1, 0])
+    with torch.no_grad():
+        assert _max_diff(m(x, dom), cm(x, dom)) <= 1e-5
