@@ -255,6 +255,8 @@ class DGPruneTask(_Task):
         new = prune_to_macs(ctx.graph, mask, scores, target * self.total_macs, self.prunable)
         self.model.switches.set_binary_(new.unsqueeze(0).expand(self.model.num_domains, -1))
         after = self.rel_macs()
+        if after > target + 1e-9:
+            log.warning("dgprune: MAC target %.3f is below what %s can reach (%.3f)", target, cfg.backbone, after)
         self.schedule.append(
             {"target": round(target, 4), "rel_macs": round(after, 4), "removed": int((mask & ~new).sum())}
         )

@@ -22,12 +22,12 @@ from bap.core.io import RunLock, atomic_write_json, file_sha256, save_state_dict
 from bap.data.sources import load_domains
 from bap.data.types import DomainSet
 from bap.errors import ConfigError, DataError, IncompatibleArtifactError
+from bap.trainer import dgprune as _dgprune  # noqa: F401  (registers --method dgprune)
 from bap.trainer.artifacts import REPORT_FORMAT, RunDir, run_config_doc
 from bap.trainer.config import TrainConfig, budget_key
 from bap.trainer.distributed import DistContext, init_distributed
 from bap.trainer.sampling import domain_order, epoch_indices
 from bap.trainer.tasks import TASKS, TaskContext, batch_for, steps_per_epoch
-from bap.trainer import dgprune as _dgprune  # noqa: F401  (registers --method dgprune)
 
 __all__ = ["TrainingInterrupted", "build_report", "train"]
 
