@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.table import Table
 
 from bap.cli._console import RichCallback, console, setup_logging
@@ -94,14 +95,24 @@ def predict(
         console.print(f"{p.source} ({p.domain}): {top}", markup=False)
 
 
+def _sig(ms: float) -> str:
+    """Three significant digits: 0.525, 65.7, 1149 (keeps the table inside 80 columns)."""
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:.3g}"
+
+
 def bench_table(doc: dict[str, Any]) -> Table:
     """Per model x batch: latency percentiles, throughput, memory, size and ratios to the backbone."""
     ratios = {(r["batch"], r["model"]): r for r in doc["ratios"]}
     t = Table(
-        title=f"bap bench ({doc['device'].get('device')}, {doc['device'].get('backend')}, {doc['device'].get('threads') or 'auto'} threads)"
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        caption="latency in ms; peak RSS and file size in MB; MACs× and lat× relative to the backbone",
+        padding=(0, 1, 0, 0),
+        title=f"bap bench ({doc['device'].get('device')}, {doc['device'].get('backend')}, {doc['device'].get('threads') or 'auto'} threads)",
     )
-    for col in ("model", "batch", "median ms", "p90", "p99", "img/s", "peak RSS MB", "file MB", "MACs×", "latency×"):
-        t.add_column(col, justify="left" if col == "model" else "right")
+    # short headers (units in the caption), no wrapping: the whole table fits in 80 columns
+    for col in ("model", "batch", "median", "p90", "p99", "img/s", "RSS", "file", "MACs×", "lat×"):
+        t.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
     for r in doc["results"]:
         if "error" in r:
             t.add_row(r["role"], str(r["batch"]), f"[red]error: {r['error'][:60]}", "", "", "", "", "", "", "")
@@ -111,12 +122,12 @@ def bench_table(doc: dict[str, Any]) -> Table:
         t.add_row(
             r["role"],
             str(r["batch"]),
-            f"{lat['median']:.3f}",
-            f"{lat['p90']:.3f}",
-            f"{lat['p99']:.3f}",
+            _sig(lat["median"]),
+            _sig(lat["p90"]),
+            _sig(lat["p99"]),
             f"{r['throughput']:.0f}",
-            f"{r.get('peak_rss_mb', float('nan')):.0f}",
-            f"{r['file_mb']:.2f}",
+            f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") is not None else "-",  # --no-memory
+            f"{r['file_mb']:.1f}",
             "1.00" if r["role"] == "backbone" else f"{q['macs']:.2f}" if q else "-",
             "1.00" if r["role"] == "backbone" else f"{q['latency']:.2f}" if q else "-",
         )

@@ -450,6 +450,7 @@ def _fold_affine_into_convs(gm: fx.GraphModule) -> fx.GraphModule:
             bias = conv.bias if conv.bias is not None else torch.zeros_like(a)
             fused.bias.copy_(bias * a + b)
         fused.requires_grad_(False)
+        fused.bap_folded_bn = True  # its BN's scale lives in the weights: metrics still count 2 floats / channel
         _set_module(gm, str(src.target), fused)
         node.replace_all_uses_with(src)
         g.erase_node(node)

@@ -76,6 +76,9 @@ def param_bits(
     tables = [m for m in compact_body.modules() if isinstance(m, DomainAffine)]
     # tables shared by all domains are stored once (one row): count what the model stores
     bn = sum(t.A.numel() + t.B.numel() for t in tables)
+    # a BN folded into its conv (shared by every domain) still counts 2 floats per channel, as in the backbone
+    # (the bias is already in the conv's parameters; the scale is added here)
+    bn += sum(m.out_channels for m in compact_body.modules() if getattr(m, "bap_folded_bn", False))
     bits = 32 * (conv + bn) + (0 if shared_bn else d * switch_positions)
     backbone_conv = sum(c.in_channels * c.out_channels * c.kernel[0] * c.kernel[1] for c in model.graph.convs)
     backbone_conv += sum(

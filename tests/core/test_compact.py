@@ -115,3 +115,14 @@ def test_tables_equal_in_every_domain_collapse_and_fold_into_convs():
     dom = torch.tensor([0, 1, 1, 0])
     with torch.no_grad():
         assert _max_diff(m(x, dom), cm(x, dom)) <= 1e-5
+
+
+def test_a_shared_unpruned_network_counts_exactly_the_backbone_parameters():
+    """feature baseline accounting: all channels on, one BN set (folded into the convs) -> rel params 1.0."""
+    from bap.core.metrics import structure_metrics
+
+    bb = create_backbone("test_bottleneck").eval()
+    m = build_multidomain(bb, analyze(bb, 32), [DomainSpec(n, 3, (0.5,) * 3, (0.2,) * 3) for n in "ab"]).eval()
+    res = structure_metrics(m, shared_bn=True)
+    assert res["params"]["model_params"] == res["params"]["backbone_params"]
+    assert res["rel_params"] == 1.0

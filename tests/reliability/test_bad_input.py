@@ -90,6 +90,20 @@ CASES = [
     ("train-budget-repeat", ["train", "--budgets", "0.5,0.5", "--out", "TMP/o4"], 2, "repeat", ["TMP/o4"]),
     ("train-method", ["train", "--method", "prune", "--out", "TMP/o5"], 2, "unknown method 'prune'", ["TMP/o5"]),
     ("train-backbone", ["train", "--backbone", "vgg16", "--out", "TMP/o6"], 2, "unknown backbone 'vgg16'", ["TMP/o6"]),
+    (
+        "train-dg-head",
+        ["train", "--method", "dgprune", "--budget", "0.5", "--dg-head", "both", "--out", "TMP/o5b"],
+        2,
+        "unknown dg_head 'both'",
+        ["TMP/o5b"],
+    ),
+    (
+        "train-dg-weight",
+        ["train", "--method", "dgprune", "--dg-variance-weight", "-1", "--out", "TMP/o5c"],
+        2,
+        "dg_variance_weight must be >= 0",
+        ["TMP/o5c"],
+    ),
     ("train-domain", ["train", "--domains", "svhn", "--out", "TMP/o7"], 2, "unknown domain 'svhn'", ["TMP/o7"]),
     (
         "train-data-root-missing",
