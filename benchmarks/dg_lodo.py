@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, WORK, md_table, write_results
+from _common import RESULTS, WORK, md_table, save_plot, write_results
 
 GROUP = ("mnist", "mnist_m", "digits")
 
@@ -81,12 +81,7 @@ def _plot(rows: dict, weights: list[float], budgets: list[float], path: Path) ->
     ax.set_xlabel("MAC budget (fraction of the backbone)")
     ax.set_ylabel("accuracy % (mean over the 3 splits)")
     ax.invert_xaxis()
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_plot(fig, path, ax)
 
 
 def main() -> None:

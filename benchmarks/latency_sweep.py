@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, WORK, command_line, md_table, write_results
+from _common import RESULTS, WORK, command_line, md_table, save_plot, write_results
 
 
 def parse() -> argparse.Namespace:
@@ -103,12 +103,7 @@ def _plot(points: list[dict[str, Any]], path: Path) -> Path:
     ax.plot([0, 1.2], [0, 1.2], "k--", lw=1, label="y = x (compute-bound)")
     ax.set_xlabel("MACs / backbone")
     ax.set_ylabel("latency / backbone")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_plot(fig, path, ax)
 
 
 if __name__ == "__main__":
