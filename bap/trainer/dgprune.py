@@ -3,8 +3,9 @@
 The question differs from ``bap``'s: not "serve these D domains from one smaller model" but "make one smaller
 shared model that still works on a domain it never saw" (Cai et al., *Toward domain generalized pruning by
 scoring out-of-distribution importance*, 2022). The network (conv weights, one BN set, normalisation, heads) is
-fine-tuned on all training domains; every few steps the least important channels are removed until the MACs
-reach the epoch's target, and the last epoch only fine-tunes.
+fine-tuned on all training domains (one step per round, on a batch mixing every domain); at the start of each
+epoch the least important channels are removed until the MACs reach the epoch's target, and the last epoch
+only fine-tunes.
 
 Importance of switch position ``k`` (an input channel of a conv; for a ``chain`` conv that is also its
 producer's filter, see :mod:`bap.core.graph`) in domain ``d`` is the first-order estimate of the loss increase
@@ -184,6 +185,7 @@ class DGPruneTask(_Task):
         self.prunable = torch.tensor([c.kind != "input" for c in ctx.graph.convs for _ in range(c.in_channels)])
         self.total_macs = ctx.graph.total_macs
         self.schedule: list[dict[str, Any]] = []
+        self._round: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # this round's batches (see step)
         heads = self.model.heads.heads[:1] if self.shared else self.model.heads.heads
         for h in self.model.heads.heads[1:] if self.shared else ():
             h.requires_grad_(False)
@@ -278,13 +280,28 @@ class DGPruneTask(_Task):
         self.prune_(self.target(epoch))
 
     def step(self, d: int, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        """Fine-tune the shared network on one batch of domain ``d``."""
+        """Buffer one batch per domain; on the round's last, one fine-tuning step on the mixed batch.
+
+        Mixed batches let the shared BN see the mixture of domains in training, as its running statistics do
+        at test time; single-domain batches would teach the network per-domain batch statistics that no
+        shared statistics match (measured: in-domain accuracy swinging from 18% to 73% between budgets).
+        Steps that only buffer leave every gradient ``None``, so the optimizer skips them.
+        """
+        self._round.append((d, x, y))
+        if len(self._round) < self.model.num_domains:
+            return {}
+        batches, self._round = self._round, []
         m = self.model
         m.train()
         gate = m.switches.binary()[0].float()
-        ce = F.cross_entropy(m.heads(m.body(m.normalize(x, 0), 0, gate), self._head(d)), y)
-        ce.backward()
-        return {"loss": float(ce.detach()), "ce": float(ce.detach())}
+        f = m.body(m.normalize(torch.cat([b[1] for b in batches]), 0), 0, gate)
+        losses, start = [], 0
+        for dd, _, yb in batches:
+            losses.append(F.cross_entropy(m.heads(f[start : start + len(yb)], self._head(dd)), yb))
+            start += len(yb)
+        loss = torch.stack(losses).mean()
+        loss.backward()
+        return {"loss": float(loss.detach()), "ce": float(loss.detach())}
 
     def epoch_stats(self) -> dict[str, Any]:
         """Current MACs of the shared mask."""
