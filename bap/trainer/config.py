@@ -105,7 +105,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     preset: str | None = None
-    dg_variance_weight: float = 1.0
+    dg_variance_weight: float = 4.0
     dg_head: str = "auto"
     dg_importance_batches: int = 4
     resume: bool = False

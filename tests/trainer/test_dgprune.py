@@ -138,7 +138,7 @@ def test_dgprune_run_holds_its_mac_budget_and_records_the_criterion(dg_run):
     assert max(res["rel_macs"].values()) <= 0.5
     assert res["criterion"] == {
         "name": "taylor+variance",
-        "variance_weight": 1.0,
+        "variance_weight": 4.0,
         "importance_batches": 4,
         "head": "shared",  # mnist and digits share the labels 0-9
         "normalisation": "mean of the training domains'",
@@ -163,7 +163,7 @@ def test_dgprune_exports_and_validates_like_the_others(dg_run, tmp_path):
     )  # always gather: executed MACs = the mask's
     m = res.manifest
     assert m["validation"]["passed"] and m["method"] == "dgprune"
-    assert m["criterion"]["variance_weight"] == 1.0
+    assert m["criterion"]["variance_weight"] == 4.0
     assert m["rel_macs_executed"] == pytest.approx(report["runs"][0]["rel_macs_executed"], abs=1e-9)
     ops = json.loads(json.dumps(m["onnx_ops"]))
     assert ops.get("Mul", 0) <= 1  # only the input normalisation: BN folded into the convs, no per-domain tables
