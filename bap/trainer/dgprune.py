@@ -186,9 +186,11 @@ class DGPruneTask(_Task):
         self.total_macs = ctx.graph.total_macs
         self.schedule: list[dict[str, Any]] = []
         self._round: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # this round's batches (see step)
-        heads = self.model.heads.heads[:1] if self.shared else self.model.heads.heads
-        for h in self.model.heads.heads[1:] if self.shared else ():
-            h.requires_grad_(False)
+        heads = list(self.model.heads.heads)
+        if self.shared:  # one head trains; the others are copies of it (see _sync_)
+            for h in heads[1:]:
+                h.requires_grad_(False)
+            heads = heads[:1]
         for d in range(1, self.model.num_domains):  # one BN set (row 0) trains; the others are copies
             for p in self.model.bn_parameters(d):
                 p.requires_grad_(False)
@@ -305,7 +307,8 @@ class DGPruneTask(_Task):
 
     def epoch_stats(self) -> dict[str, Any]:
         """Current MACs of the shared mask."""
-        return {"rel_macs": self.rel_macs(), "usage": dict.fromkeys(self.ctx.domains.names, self.rel_macs())}
+        rel = self.rel_macs()
+        return {"rel_macs": rel, "usage": dict.fromkeys(self.ctx.domains.names, rel)}
 
     def quick_validate(self) -> dict[str, float]:
         """Validation accuracy of the shared network on every training domain."""
