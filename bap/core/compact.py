@@ -451,6 +451,7 @@ def _fold_affine_into_convs(gm: fx.GraphModule) -> fx.GraphModule:
             fused.bias.copy_(bias * a + b)
         fused.requires_grad_(False)
         fused.bap_folded_bn = True  # its BN's scale lives in the weights: metrics still count 2 floats / channel
+        fused.bap_scale = a.detach().clone()  # the routed export layout derives these weights from shared ones
         _set_module(gm, str(src.target), fused)
         node.replace_all_uses_with(src)
         g.erase_node(node)

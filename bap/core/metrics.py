@@ -16,7 +16,7 @@ from torch import nn
 from bap.core.compact import DomainAffine, build_compact, build_specialised, count_conv_macs, plan_channels
 from bap.core.multidomain import MultiDomainNet
 
-__all__ = ["budget_usage", "param_bits", "s_score", "sharing_fractions", "structure_metrics"]
+__all__ = ["backbone_size", "budget_usage", "param_bits", "s_score", "sharing_fractions", "structure_metrics"]
 
 
 def budget_usage(on: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -80,20 +80,16 @@ def param_bits(
     # (the bias is already in the conv's parameters; the scale is added here)
     bn += sum(m.out_channels for m in compact_body.modules() if getattr(m, "bap_folded_bn", False))
     bits = 32 * (conv + bn) + (0 if shared_bn else d * switch_positions)
-    backbone_conv = sum(c.in_channels * c.out_channels * c.kernel[0] * c.kernel[1] for c in model.graph.convs)
-    backbone_conv += sum(
-        m.bias.numel() for m in model.body.modules() if isinstance(m, nn.Conv2d) and m.bias is not None
-    )
-    backbone_bn = sum(b.channels * 2 for b in model.graph.bns)
-    backbone_bits = 32 * (backbone_conv + backbone_bn)
-    return {
-        "model_params": conv + bn,
-        "model_bits": bits,
-        "backbone_params": backbone_conv + backbone_bn,
-        "backbone_bn_params": backbone_bn,
-        "backbone_bits": backbone_bits,
-        "rel_params": bits / backbone_bits,
-    }
+    size = backbone_size(model)
+    return {"model_params": conv + bn, "model_bits": bits, **size, "rel_params": bits / size["backbone_bits"]}
+
+
+def backbone_size(model: MultiDomainNet) -> dict[str, int]:
+    """Parameters and bits of the single-domain backbone (convs, their biases, one BN: 2 floats per channel)."""
+    conv = sum(c.in_channels * c.out_channels * c.kernel[0] * c.kernel[1] for c in model.graph.convs)
+    conv += sum(m.bias.numel() for m in model.body.modules() if isinstance(m, nn.Conv2d) and m.bias is not None)
+    bn = sum(b.channels * 2 for b in model.graph.bns)
+    return {"backbone_params": conv + bn, "backbone_bn_params": bn, "backbone_bits": 32 * (conv + bn)}
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ __all__ = ["MAX_OPSET", "MIN_OPSET", "ExportConfig"]
 
 MIN_OPSET, MAX_OPSET = 13, 21  # 13: Gather/Unsqueeze with tensor axes; 21: newest the legacy exporter emits
 TARGETS = ("onnx", "trt")
+LAYOUT_CHOICES = ("auto", "tables", "routed")  # bap.exporter.layouts.LAYOUTS plus auto
 PRECISIONS = ("fp32", "fp16")
 
 
@@ -24,6 +25,9 @@ class ExportConfig:
         run_dir: a ``bap train`` run directory.
         budget: which trained budget to export.
         target: ``onnx`` (ONNX files only) or ``trt`` (also a TensorRT engine, built on this machine).
+        layout: how the multi-domain graph is laid out (:mod:`bap.exporter.layouts`): ``tables`` (per-sample
+            gathered affine tables over the union of channels), ``routed`` (per-domain branches over shared
+            weights) or ``auto`` (``routed`` for ONNX exports of per-domain methods, else ``tables``).
         precision: ``fp32`` or ``fp16`` (fp16 is carried by the ONNX file: TensorRT 11 is strongly typed).
         domains: domains the compact model serves (empty = all); naming exactly one also writes its
             specialised model.
@@ -44,6 +48,7 @@ class ExportConfig:
     run_dir: str
     budget: float | None = None
     target: str = "onnx"
+    layout: str = "auto"
     precision: str = "fp32"
     domains: tuple[str, ...] = ()
     specialise: tuple[str, ...] = ()
@@ -62,6 +67,8 @@ class ExportConfig:
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise ConfigError(f"unknown target {self.target!r}", "use --target onnx or trt")
+        if self.layout not in LAYOUT_CHOICES:
+            raise ConfigError(f"unknown layout {self.layout!r}", f"use --layout {', '.join(LAYOUT_CHOICES)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}", "use --precision fp32 or fp16")
         if self.round_to not in (1, 8, 16, 32):

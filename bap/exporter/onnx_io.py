@@ -68,15 +68,21 @@ def export_module(
     return onnx.load_from_string(buf.getvalue())
 
 
-def clean_graph(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Fold constants, drop dead nodes, sort topologically (onnx-graphsurgeon), then infer shapes."""
+def clean_graph(model: onnx.ModelProto, fold_constants: bool = True) -> onnx.ModelProto:
+    """Fold constants, drop dead nodes, sort topologically (onnx-graphsurgeon), then infer shapes.
+
+    ``fold_constants=False`` keeps constant subgraphs: the routed layout derives each branch's weights from
+    shared ones with constant nodes, and folding them here would store every branch's copy in the file.
+    """
     import onnx_graphsurgeon as gs
 
     graph = gs.import_onnx(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("onnx_graphsurgeon").setLevel(logging.ERROR)
-        graph.fold_constants().cleanup().toposort()
+        if fold_constants:
+            graph.fold_constants()
+        graph.cleanup().toposort()
     out = gs.export_onnx(graph)
     out.ir_version = model.ir_version
     del out.opset_import[:]

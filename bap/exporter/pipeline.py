@@ -19,18 +19,12 @@ from typing import Any
 import onnx
 import torch
 
-from bap.core.compact import (
-    ChannelPlan,
-    build_compact,
-    build_specialised,
-    count_conv_macs,
-    plan_channels,
-)
+from bap.core.compact import ChannelPlan, build_specialised, count_conv_macs, plan_channels
 from bap.core.env import versions
 from bap.core.io import atomic_write_bytes, atomic_write_json, file_sha256, publish_dir, staging_dir
-from bap.core.metrics import param_bits
 from bap.errors import ConfigError, ValidationError
 from bap.exporter.config import ExportConfig
+from bap.exporter.layouts import LAYOUTS, LayoutJob, export_single, resolve_layout
 from bap.exporter.manifest import MANIFEST_FORMAT, METADATA_KEY, read_manifest
 from bap.exporter.onnx_io import clean_graph, convert_fp16, export_module, op_histogram, set_metadata
 from bap.exporter.trt import build_engine, profile_shapes, readiness
@@ -183,50 +177,52 @@ def export(cfg: ExportConfig, callback: Callable[[str, str], None] | None = None
 
     # ------------------------------------------------------------------ build + measure
     t = time.time()
-    compact = build_compact(model, plan)
     size = graph.input_size
+    shared_bn = run.config.method in SHARED_METHODS
+    layout_name = resolve_layout(cfg.layout, cfg.target, shared_bn, len(served))
+    layout = LAYOUTS.get(layout_name)()
+
+    def to_onnx(module, example, input_names, dynamic_axes) -> onnx.ModelProto:
+        return clean_graph(export_module(module, example, input_names, ["logits"], dynamic_axes, cfg.opset))
+
+    job = LayoutJob(model, plan, rows, served, cfg.round_to, cfg.gather_threshold, size, shared_bn, to_onnx)
+    built = layout.build(job)
     x0 = torch.zeros(1, 3, size, size)
-    executed = count_conv_macs(compact.body, compact.input(x0, 0), 0)
     spec_nets = {n: build_specialised(model, names.index(n), round_to=1) for n in served}
     macs = {n: count_conv_macs(m.body, m.input(x0, 0), 0) for n, m in spec_nets.items()}
     backbone_macs = graph.total_macs
-    positions = sum(len(lp.in_keep) for lp in plan.layers.values())
-    pb = param_bits(
-        model, compact.body, positions, shared_bn=run.config.method in SHARED_METHODS, num_domains=len(served)
-    )
+    executed = built.macs_mean
+    pb = built.params
     timings["build"] = time.time() - t
     say(
         "build",
-        f"compact model: {executed / backbone_macs:.3f} of the backbone's MACs executed, params {pb['rel_params']:.3f}",
+        f"{layout_name} layout: {executed / backbone_macs:.3f} of the backbone's MACs executed per sample, "
+        f"params {pb['rel_params']:.3f}",
     )
 
     with staging_dir(out) as stage:
         # ------------------------------------------------------------------ export
         t = time.time()
-        dyn = {"image": {0: "batch", 2: "height", 3: "width"}, "domain": {0: "batch"}, "logits": {0: "batch"}}
-        ex = (torch.rand(2, 3, size, size), torch.tensor([0, len(served) - 1], dtype=torch.long))
-        m = clean_graph(export_module(compact, ex, ["image", "domain"], ["logits"], dyn, cfg.opset))
+        m = layout.to_onnx(job, built)
         m32 = m
         if cfg.precision == "fp16":
             m = convert_fp16(m)
             if cfg.target == "trt":
                 _save(m32, stage / "model_fp32.onnx")  # TensorRT 8.x builds fp16 from fp32 + FP16 flag
         _save(m, stage / "model.onnx")
-        files = {"model.onnx": "multi-domain"}
-        single_dyn = {"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch"}}
+        files = {"model.onnx": f"multi-domain ({layout_name} layout)"}
         bb_row = rows[0]
-        bb = build_specialised(model, bb_row, all_on=True)
-        mb = clean_graph(
-            export_module(bb, (torch.rand(2, 3, size, size),), ["image"], ["logits"], single_dyn, cfg.opset)
-        )
+        mb = export_single(job, build_specialised(model, bb_row, all_on=True))
         _save(convert_fp16(mb) if cfg.precision == "fp16" else mb, stage / "backbone.onnx")
         files["backbone.onnx"] = f"unpruned backbone, domain {names[bb_row]}"
         spec_files = {}
         for n in specialise:
-            net = build_specialised(model, names.index(n), round_to=cfg.round_to, gather_threshold=cfg.gather_threshold)
-            ms = clean_graph(
-                export_module(net, (torch.rand(2, 3, size, size),), ["image"], ["logits"], single_dyn, cfg.opset)
-            )
+            net, ms = built.branches.get(n, (None, None))  # the routed layout exported these already
+            if ms is None:
+                net = build_specialised(
+                    model, names.index(n), round_to=cfg.round_to, gather_threshold=cfg.gather_threshold
+                )
+                ms = export_single(job, net)
             fname = f"specialised-{_safe(n)}.onnx"
             _save(convert_fp16(ms) if cfg.precision == "fp16" else ms, stage / fname)
             spec_files[n] = {"file": fname, "macs": count_conv_macs(net.body, net.input(x0, 0), 0)}
@@ -298,8 +294,9 @@ def export(cfg: ExportConfig, callback: Callable[[str, str], None] | None = None
             "batch_sizes": [1, cfg.batch_size],
         }
         manifest = _manifest(
-            cfg, run, served, plan, summary, macs, executed, backbone_macs, pb, validation, ready, spec_files, size, m
+            cfg, run, served, plan, summary, macs, built, backbone_macs, validation, ready, spec_files, size, m
         )
+        manifest["layout"] = layout_name
         if not passed and not cfg.allow_mismatch:
             bad = [
                 f"{k} max|Δ| {e['max_abs_diff']:.2e}"
@@ -357,10 +354,12 @@ def _all_on(model):
 
 
 def _manifest(
-    cfg, run, served, plan, summary, macs, executed, backbone_macs, pb, validation, ready, spec_files, size, m
+    cfg, run, served, plan, summary, macs, built, backbone_macs, validation, ready, spec_files, size, m
 ) -> dict[str, Any]:
     docs = {d["name"]: d for d in run.domain_docs}
     res = run.result
+    pb = built.params
+    executed = built.macs_mean
     rel = {n: macs[n] / backbone_macs for n in served}
     return {
         "format": MANIFEST_FORMAT,
@@ -405,9 +404,11 @@ def _manifest(
         "round_to": cfg.round_to,
         "kept_channels": plan.to_dict(),
         "plan_summary": summary,
-        "macs": {**{n: int(macs[n]) for n in served}, "model": int(executed), "backbone": int(backbone_macs)},
+        "macs": {**{n: int(macs[n]) for n in served}, "model": round(executed), "backbone": int(backbone_macs)},
+        "macs_executed": {n: int(v) for n, v in built.macs.items()},
         "params": {
             "model": int(pb["model_params"]),
+            "loaded": int(pb["loaded_params"]),
             "backbone": int(pb["backbone_params"]),
             "model_bits": int(pb["model_bits"]),
             "backbone_bits": int(pb["backbone_bits"]),
@@ -415,6 +416,7 @@ def _manifest(
         "rel_macs": rel,
         "rel_macs_mean": sum(rel.values()) / len(rel),
         "rel_macs_executed": executed / backbone_macs,
+        "layout_facts": built.facts,
         "rel_params": pb["rel_params"],
         "accuracy": {n: res.get("accuracy", {}).get(n) for n in served},
         "validation": validation,

@@ -41,8 +41,8 @@ TRT_ONNX_OPS = frozenset(
     """Abs Add And ArgMax ArgMin AveragePool BatchNormalization Cast Ceil Clip Concat Constant ConstantOfShape Conv
     ConvTranspose Div Dropout Einsum Equal Erf Exp Expand Flatten Floor Gather GatherElements GatherND Gemm
     GlobalAveragePool GlobalMaxPool Greater HardSigmoid HardSwish Identity LeakyRelu Less Log LogSoftmax MatMul Max
-    MaxPool Mean Min Mul Neg Not Or Pad Pow PRelu Range Reciprocal ReduceMax ReduceMean ReduceMin ReduceSum Relu
-    Reshape Resize ScatterElements Shape Sigmoid Sign Slice Softmax Softplus Split Sqrt Squeeze Sub Sum Tanh Tile
+    MaxPool Mean Min Mul Neg NonZero Not Or Pad Pow PRelu Range Reciprocal ReduceMax ReduceMean ReduceMin ReduceSum Relu
+    Reshape Resize ScatterElements ScatterND Shape Sigmoid Sign Slice Softmax Softplus Split Sqrt Squeeze Sub Sum Tanh Tile
     TopK Transpose Unsqueeze Where""".split()
 )
 # newest opset each TensorRT major parses (onnx-tensorrt operators.md headers)
@@ -102,6 +102,11 @@ def readiness(
     too_new = [f"{m}.x" for m, mx in TRT_MAX_OPSET.items() if opset > mx]
     if too_new:
         notes.append(f"opset {opset} is newer than TensorRT {', '.join(too_new)} parse; use --opset 17 for JetPack 5/6")
+    if "NonZero" in ops:
+        notes.append(
+            "NonZero (routed layout): data-dependent shapes, parsed by TensorRT >= 8.5; --layout tables is the layout "
+            "built for TensorRT"
+        )
     covered = all(name in profile for name in dynamic)
     return {
         "ops": ops,

@@ -56,17 +56,23 @@ def _ort_vs_masked(out_dir, run_dir, suite, batch):
     return max(worst, float(np.abs(ref[fin] - out[fin]).max()))
 
 
+@pytest.mark.parametrize("layout", ["tables", "routed"])
 @pytest.mark.parametrize("backbone", ["test_cnn", "test_bottleneck"])
 @pytest.mark.parametrize("round_to, gather", [(1, 1.0), (8, 1.0), (1, 0.0), (8, 0.5)])
-def test_exported_model_equals_masked_model(tmp_path, backbone, round_to, gather):
+def test_exported_model_equals_masked_model(tmp_path, backbone, round_to, gather, layout):
     run_dir, suite = _synthetic_run(tmp_path, backbone)
     out = tmp_path / "exp"
     res = export(
         ExportConfig(
-            run_dir=str(run_dir), out=str(out), round_to=round_to, gather_threshold=gather, validation_images=4
+            run_dir=str(run_dir),
+            out=str(out),
+            round_to=round_to,
+            gather_threshold=gather,
+            validation_images=4,
+            layout=layout,
         )
     )
-    assert res.manifest["validation"]["passed"]
+    assert res.manifest["validation"]["passed"] and res.manifest["layout"] == layout
     for batch in (1, 6):
         assert _ort_vs_masked(out, run_dir, suite, batch) <= 1e-4
     m = onnx.load(str(out / "model.onnx"))
@@ -78,12 +84,17 @@ def test_exported_model_equals_masked_model(tmp_path, backbone, round_to, gather
             assert k["in_kept"] % 8 == 0 or k["in_kept"] == k["in_total"], name
 
 
-def test_kept_channels_equal_the_union_and_dead_chains_vanish(tmp_path):
+@pytest.mark.parametrize("layout", ["tables", "routed"])
+def test_kept_channels_equal_the_union_and_dead_chains_vanish(tmp_path, layout):
     run_dir, _ = _synthetic_run(tmp_path, "test_cnn", seed=3)
     run = load_run(run_dir)
     g = run.model.graph
     on = run.model.switches.binary()
-    res = export(ExportConfig(run_dir=str(run_dir), out=str(tmp_path / "e"), validation_images=4, gather_threshold=1.0))
+    res = export(
+        ExportConfig(
+            run_dir=str(run_dir), out=str(tmp_path / "e"), validation_images=4, gather_threshold=1.0, layout=layout
+        )
+    )
     kept = res.manifest["kept_channels"]
     for c in g.convs:
         union = torch.nonzero(on[:, c.offset : c.offset + c.in_channels].any(0)).flatten().tolist()
@@ -112,7 +123,13 @@ def test_manifest_round_trips_and_is_embedded(tiny_export):
     for d in doc["domains"]:
         assert doc["validation"][d["name"]]["max_abs_diff"] <= 1e-4
         assert doc["validation"][d["name"]]["top1_agreement"] == 1.0
-    assert doc["macs"]["backbone"] > doc["macs"]["model"] >= max(doc["macs"][d["name"]] for d in doc["domains"])
+    names = [d["name"] for d in doc["domains"]]
+    executed = doc["macs_executed"]
+    assert doc["layout"] == "routed"  # auto, for an ONNX export of a bap run serving several domains
+    # each sample runs its own domain's branch: its channels, plus rounding padding
+    assert all(doc["macs"]["backbone"] > executed[n] >= doc["macs"][n] for n in names)
+    assert doc["macs"]["model"] == round(sum(executed.values()) / len(names))
+    assert doc["params"]["model"] <= doc["params"]["loaded"]
     assert all(doc["files"][f]["sha256"] for f in doc["files"])
 
 
@@ -136,7 +153,7 @@ def test_backbone_and_specialised_models_match_their_references(tiny_export, tin
         x = eval_view(dom.test.get_batch(torch.arange(8))[0], dom.preprocess)
         got = ort_session(out / f).run(["logits"], {"image": x.numpy()})[0]
         np.testing.assert_allclose(got, model(x, d).detach().numpy(), atol=1e-4, rtol=0)
-        assert res.manifest["specialised"][dom.name]["macs"] <= res.manifest["macs"]["model"]
+        assert res.manifest["specialised"][dom.name]["macs"] == res.manifest["macs_executed"][dom.name]
 
 
 def test_domain_subset_and_fp16(tmp_path):
@@ -157,3 +174,49 @@ def test_domain_subset_and_fp16(tmp_path):
     m = onnx.load(str(tmp_path / "fp16" / "model.onnx"))
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in m.graph.initializer)
     assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # I/O stay fp32
+
+
+def test_routed_model_stores_each_weight_once(tmp_path):
+    run_dir, suite = _synthetic_run(tmp_path, "test_bottleneck", seed=1)
+    out = tmp_path / "r"
+    res = export(ExportConfig(run_dir=str(run_dir), out=str(out), validation_images=4, layout="routed"))
+    m = onnx.load(str(out / "model.onnx"))
+    convs = load_run(run_dir).model.graph.convs
+    weights = {t.name: t for t in m.graph.initializer if len(t.dims) == 4 and t.name.endswith(".weight")}
+    # conv weights live only in the shared tensors; branches derive theirs with constant Gather/Mul nodes
+    assert set(weights) == {f"shared.{c.name}.weight" for c in convs}
+    shared = sum(int(np.prod(t.dims)) for t in weights.values())
+    stats = res.manifest["params"]
+    assert shared < stats["loaded"]  # what a runtime holds after folding every branch's weights
+    # stored parameters: the shared convs plus every domain's BN (its folded scale and bias, 2 floats per channel)
+    scales = sum(int(np.prod(t.dims)) for t in m.graph.initializer if t.name.endswith("/scale"))
+    assert stats["model"] == shared + 2 * scales
+    derived = [n for n in m.graph.node if n.op_type in ("Gather", "Mul") and "body." in n.output[0]]
+    assert derived, "branch weights are derived in the graph"
+    # a runtime that folds constants gets the same logits (ONNX Runtime folds at load; compare with folding off)
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    plain = ort.InferenceSession(str(out / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((5, 3, 32, 32), dtype=np.float32)
+    ids = np.array([2, 0, 2, 1, 2], dtype=np.int64)
+    np.testing.assert_allclose(
+        plain.run(None, {"image": x, "domain": ids})[0],
+        ort_session(out / "model.onnx").run(None, {"image": x, "domain": ids})[0],
+        atol=1e-5,
+        rtol=0,
+    )
+
+
+def test_auto_layout():
+    from bap.exporter.layouts import LAYOUTS, resolve_layout
+
+    assert resolve_layout("auto", "onnx", shared_bn=False, num_served=3) == "routed"
+    assert resolve_layout("auto", "trt", shared_bn=False, num_served=3) == "tables"
+    assert resolve_layout("auto", "onnx", shared_bn=True, num_served=3) == "tables"  # dgprune / feature
+    assert resolve_layout("auto", "onnx", shared_bn=False, num_served=1) == "tables"
+    assert resolve_layout("tables", "onnx", shared_bn=False, num_served=3) == "tables"
+    from bap.exporter.config import LAYOUT_CHOICES
+
+    assert set(LAYOUT_CHOICES) == {"auto", *LAYOUTS.names()}

@@ -1,0 +1,161 @@
+"""How the multi-domain model is laid out in ONNX, chosen through a registry (``--layout``).
+
+* ``tables`` (``DESIGN.md`` section 3): one compact network over the union of the domains' channels; per-domain
+  BN, gates and normalisation are gathered affine tables applied per sample. Weights are held once at run time;
+  every sample runs the union's channels. TensorRT fuses the per-sample ``Mul``/``Add`` into pointwise kernels.
+* ``routed`` (:mod:`bap.exporter.routed`): each domain runs its own specialised branch (its channels only, BN
+  folded) on its samples; weights are stored once in the file and folded per branch when the runtime loads it.
+  On ONNX Runtime CPU this avoids the per-sample passes that ``tables`` cannot fuse (measured in
+  ``benchmarks/export_latency.py``), at the price of memory for every branch's folded weights.
+
+``auto`` picks ``routed`` for ONNX exports of per-domain methods serving several domains, and ``tables`` for
+TensorRT (pointwise fusion, no data-dependent shapes) and for methods whose domains share one network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import onnx
+import torch
+
+from bap.core.compact import ChannelPlan, build_compact, build_specialised, count_conv_macs
+from bap.core.metrics import backbone_size, param_bits
+from bap.core.multidomain import MultiDomainNet
+from bap.core.registry import Registry
+
+__all__ = ["LAYOUTS", "Built", "LayoutJob", "resolve_layout"]
+
+LAYOUTS: Registry = Registry("layout", "--layout")
+
+
+@dataclass
+class LayoutJob:
+    """What a layout needs: the trained model, the served domains' plan and the export settings."""
+
+    model: MultiDomainNet
+    plan: ChannelPlan
+    rows: list[int]
+    served: list[str]
+    round_to: int
+    gather_threshold: float
+    size: int
+    shared_bn: bool
+    to_onnx: Callable[..., onnx.ModelProto]  # (module, example args, input names, dynamic axes) -> clean model
+
+
+@dataclass
+class Built:
+    """A laid-out model: executed MACs per served domain, parameter accounting, extra manifest facts."""
+
+    macs: dict[str, int]
+    params: dict[str, Any]
+    facts: dict[str, Any] = field(default_factory=dict)
+    module: Any = None
+    branches: dict[str, tuple[torch.nn.Module, onnx.ModelProto]] = field(default_factory=dict)
+
+    @property
+    def macs_mean(self) -> float:
+        """MACs per sample averaged over the served domains (an evenly mixed stream)."""
+        return sum(self.macs.values()) / len(self.macs)
+
+
+class Layout(Protocol):
+    """One way to lay the multi-domain model out."""
+
+    def build(self, job: LayoutJob) -> Built:
+        """Build the PyTorch side and measure it."""
+
+    def to_onnx(self, job: LayoutJob, built: Built) -> onnx.ModelProto:
+        """The model's ONNX graph."""
+
+
+def resolve_layout(layout: str, target: str, shared_bn: bool, num_served: int) -> str:
+    """``auto`` -> ``routed`` for ONNX exports of per-domain methods with several domains, else ``tables``."""
+    if layout != "auto":
+        LAYOUTS.get(layout)
+        return layout
+    return "routed" if target == "onnx" and not shared_bn and num_served > 1 else "tables"
+
+
+_DYN = {"image": {0: "batch", 2: "height", 3: "width"}, "domain": {0: "batch"}, "logits": {0: "batch"}}
+_SINGLE_DYN = {"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch"}}
+
+
+def export_single(job: LayoutJob, net: torch.nn.Module) -> onnx.ModelProto:
+    """A single-domain network (specialised or backbone) as ONNX."""
+    return job.to_onnx(net, (torch.rand(2, 3, job.size, job.size),), ["image"], _SINGLE_DYN)
+
+
+@LAYOUTS.register("tables")
+class TablesLayout:
+    """The union of the domains' channels, per-domain BN as gathered affine tables (``DESIGN.md`` section 3)."""
+
+    def build(self, job: LayoutJob) -> Built:
+        """The compact network; every sample executes the union's MACs."""
+        compact = build_compact(job.model, job.plan)
+        x0 = torch.zeros(1, 3, job.size, job.size)
+        executed = count_conv_macs(compact.body, compact.input(x0, 0), 0)
+        positions = sum(len(lp.in_keep) for lp in job.plan.layers.values())
+        pb = param_bits(job.model, compact.body, positions, shared_bn=job.shared_bn, num_domains=len(job.served))
+        pb["loaded_params"] = pb["model_params"]
+        return Built(dict.fromkeys(job.served, executed), pb, module=compact)
+
+    def to_onnx(self, job: LayoutJob, built: Built) -> onnx.ModelProto:
+        """Trace the compact network."""
+        ex = (torch.rand(2, 3, job.size, job.size), torch.tensor([0, len(job.served) - 1], dtype=torch.long))
+        return job.to_onnx(built.module, ex, ["image", "domain"], _DYN)
+
+
+@LAYOUTS.register("routed")
+class RoutedLayout:
+    """Per-domain specialised branches over shared weights, samples routed by domain (:mod:`.routed`)."""
+
+    def build(self, job: LayoutJob) -> Built:
+        """One specialised network per served domain; each sample executes its own domain's MACs."""
+        from bap.exporter.routed import branch_convs, routed_stats
+
+        x0 = torch.zeros(1, 3, job.size, job.size)
+        nets, macs, convs = {}, {}, {}
+        for name, row in zip(job.served, job.rows, strict=True):
+            net = build_specialised(job.model, row, round_to=job.round_to, gather_threshold=job.gather_threshold)
+            nets[name] = net
+            macs[name] = count_conv_macs(net.body, net.input(x0, 0), 0)
+            convs[name] = branch_convs(net)
+        st = routed_stats(list(convs.values()))
+        size = backbone_size(job.model)
+        bits = 32 * (st.shared_params + st.branch_bn_params) + (
+            0 if job.shared_bn else len(job.served) * st.switch_positions
+        )
+        loaded = sum(
+            p.numel() for net in nets.values() for m in net.body.modules()
+            if isinstance(m, torch.nn.Conv2d) for p in m.parameters(recurse=False)
+        )  # fmt: skip
+        pb = {
+            "model_params": st.shared_params + st.branch_bn_params,
+            "model_bits": bits,
+            **size,
+            "rel_params": bits / size["backbone_bits"],
+            "loaded_params": loaded,
+        }
+        facts = {"shared_channels": {n: list(v) for n, v in st.shared_channels.items()}}
+        return Built(macs, pb, facts=facts, branches={n: (nets[n], None) for n in job.served})
+
+    def to_onnx(self, job: LayoutJob, built: Built) -> onnx.ModelProto:
+        """Export every branch, then compose them with shared weights (constant subgraphs are not folded)."""
+        from bap.exporter.onnx_io import clean_graph
+        from bap.exporter.routed import branch_convs, route_branches
+
+        protos, convs = [], []
+        for name in job.served:
+            net, _ = built.branches[name]
+            proto = export_single(job, net)
+            built.branches[name] = (net, proto)
+            protos.append(proto)
+            convs.append(branch_convs(net))
+        backbone = {c.name: job.model.body.get_submodule(c.name).weight.detach().numpy() for c in job.model.graph.convs}
+        k = [job.model.heads.num_classes[r] for r in job.rows]
+        model, _ = route_branches(protos, convs, backbone, k)
+        return clean_graph(model, fold_constants=False)

@@ -1,0 +1,267 @@
+"""The ``routed`` layout: one ONNX graph whose domains each run their own specialised branch over shared weights.
+
+The ``tables`` layout (``DESIGN.md`` section 3) applies every per-domain BN as a per-sample ``Mul``/``Add`` on the
+activations. ONNX Runtime's CPU kernels cannot run a per-sample broadcast ``Mul`` in their blocked (NCHWc) layout,
+so each one costs a reorder out, the multiply and a reorder back: at batch 16 on ResNet-50 these passes took a
+third of the backbone's time (``benchmarks/export_latency.py``).
+
+Here each served domain gets a branch that is its specialised network (only its channels, BN folded into the
+convs), and the batch is routed per sample: ``Equal(domain, d) -> NonZero -> Gather(image)`` feeds branch ``d``,
+whose logits are padded with ``-inf`` to ``K_max`` and scattered back (``ScatterND``) into the output rows of its
+samples. Mixed-domain batches work; a domain absent from a batch runs on an empty sub-batch.
+
+Weights are stored once: per conv, the file holds the backbone's weights over the union of the channels any
+branch keeps, and every branch derives its folded weights from them with constant
+``Gather -> Gather -> Mul(column mask) -> Mul(BN scale)`` nodes. Runtimes fold these at load time, so the file
+stays as small as the tables layout while memory at run time holds every branch's folded weights
+(``params.loaded`` in the manifest). All functions here are pure over ``ModelProto`` and numpy arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from bap.errors import ExportError
+
+__all__ = ["BranchConv", "RoutedStats", "branch_convs", "route_branches", "routed_stats", "union_channels"]
+
+_IMAGE, _DOMAIN, _LOGITS = "image", "domain", "logits"
+
+
+@dataclass(frozen=True)
+class BranchConv:
+    """How one conv of one branch derives from the backbone: kept channels, zeroed columns, folded BN scale."""
+
+    out_keep: tuple[int, ...]
+    in_keep: tuple[int, ...]
+    kernel: tuple[int, int]
+    zero_cols: tuple[int, ...] = ()
+    scale: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class RoutedStats:
+    """Sizes of a routed model, known before it is built.
+
+    Attributes:
+        shared_params: conv weights stored once (the backbone over the union of the branches' channels).
+        branch_bn_params: per-branch BN (scale and bias), 2 floats per kept output channel.
+        switch_positions: kept input positions per conv, summed (one switch bit per domain each).
+        shared_channels: per conv, (output, input) channels of the shared tensor.
+    """
+
+    shared_params: int
+    branch_bn_params: int
+    switch_positions: int
+    shared_channels: dict[str, tuple[int, int]]
+
+
+def union_channels(convs: Sequence[Mapping[str, BranchConv]]) -> dict[str, tuple[list[int], list[int]]]:
+    """Per conv, the sorted union over branches of the kept output and input channels."""
+    return {
+        n: (sorted({c for bc in convs for c in bc[n].out_keep}), sorted({c for bc in convs for c in bc[n].in_keep}))
+        for n in convs[0]
+    }
+
+
+def routed_stats(convs: Sequence[Mapping[str, BranchConv]]) -> RoutedStats:
+    """Sizes of the routed model composed from branches with these convs."""
+    union = union_channels(convs)
+    first = convs[0]
+    return RoutedStats(
+        shared_params=sum(len(o) * len(i) * first[n].kernel[0] * first[n].kernel[1] for n, (o, i) in union.items()),
+        branch_bn_params=sum(2 * len(bc[n].out_keep) for bc in convs for n in bc if bc[n].scale is not None),
+        switch_positions=sum(len(i) for _, i in union.values()),
+        shared_channels={n: (len(o), len(i)) for n, (o, i) in union.items()},
+    )
+
+
+def branch_convs(net) -> dict[str, BranchConv]:
+    """Per conv of a :class:`~bap.core.compact.SpecialisedNet`: kept channels and the BN scale folded into it."""
+    out = {}
+    for name, lp in net.plan.layers.items():
+        conv = net.body.get_submodule(name)
+        scale = getattr(conv, "bap_scale", None)
+        out[name] = BranchConv(
+            tuple(lp.out_keep),
+            tuple(lp.in_keep),
+            tuple(conv.kernel_size),
+            tuple(lp.zero_cols),
+            None if scale is None else scale.detach().cpu().numpy().astype(np.float32),
+        )
+    return out
+
+
+def _const(name: str, array: np.ndarray) -> TensorProto:
+    return numpy_helper.from_array(np.ascontiguousarray(array), name)
+
+
+def _positions(keep: Sequence[int], union: Sequence[int]) -> np.ndarray:
+    where = {c: i for i, c in enumerate(union)}
+    return np.array([where[c] for c in keep], dtype=np.int64)
+
+
+def _derive_weight(
+    name: str, shared: str, bc: BranchConv, u_out: Sequence[int], u_in: Sequence[int]
+) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """Nodes computing branch weight ``name`` from the shared tensor (constant: runtimes fold them at load)."""
+    nodes, inits = [], []
+    cur = shared
+    p_out, p_in = _positions(bc.out_keep, u_out), _positions(bc.in_keep, u_in)
+    steps: list[tuple[str, str, np.ndarray, dict]] = []
+    if not np.array_equal(p_out, np.arange(len(u_out))):
+        steps.append(("Gather", "rows", p_out, {"axis": 0}))
+    if not np.array_equal(p_in, np.arange(len(u_in))):
+        steps.append(("Gather", "cols", p_in, {"axis": 1}))
+    if bc.zero_cols:
+        mask = np.ones((1, len(bc.in_keep), 1, 1), np.float32)
+        mask[0, [bc.in_keep.index(c) for c in bc.zero_cols]] = 0.0
+        steps.append(("Mul", "mask", mask, {}))
+    if bc.scale is not None:
+        steps.append(("Mul", "scale", bc.scale.reshape(-1, 1, 1, 1).astype(np.float32), {}))
+    if not steps:
+        return [helper.make_node("Identity", [cur], [name], name=f"{name}/share")], inits
+    for i, (op, what, arr, attrs) in enumerate(steps):
+        const = f"{name}/{what}"
+        inits.append(_const(const, arr))
+        out = name if i == len(steps) - 1 else f"{name}/{what}_out"
+        nodes.append(helper.make_node(op, [cur, const], [out], name=f"{name}/{what}_op", **attrs))
+        cur = out
+    return nodes, inits
+
+
+def _check_derivation(orig: np.ndarray, shared: np.ndarray, bc: BranchConv, u_out, u_in) -> bool:
+    """The derivation reproduces the exported weight exactly (same float32 operations, same order)."""
+    w = shared[_positions(bc.out_keep, u_out)][:, _positions(bc.in_keep, u_in)]
+    if bc.zero_cols:
+        mask = np.ones((1, len(bc.in_keep), 1, 1), np.float32)
+        mask[0, [bc.in_keep.index(c) for c in bc.zero_cols]] = 0.0
+        w = w * mask
+    if bc.scale is not None:
+        w = w * bc.scale.reshape(-1, 1, 1, 1)
+    return w.shape == orig.shape and bool(np.array_equal(w, orig))
+
+
+def route_branches(
+    branches: Sequence[onnx.ModelProto],
+    convs: Sequence[Mapping[str, BranchConv]],
+    backbone: Mapping[str, np.ndarray],
+    num_classes: Sequence[int],
+    weight_name: str = "body.{}.weight",
+) -> tuple[onnx.ModelProto, RoutedStats]:
+    """Compose single-domain branch models into one routed multi-domain model with shared weights.
+
+    Args:
+        branches: per served domain (in domain-id order), a model ``image [B,3,H,W] -> logits [B,K_d]``.
+        convs: per branch, :func:`branch_convs` of the network it was exported from.
+        backbone: the backbone's full conv weights by conv name.
+        num_classes: ``K_d`` per branch.
+        weight_name: initializer name of a conv's weight in the branch models.
+
+    Returns:
+        The model (``image``, ``domain int64 [B]`` -> ``logits [B, K_max]``, ``-inf`` beyond each domain's classes)
+        and its sizes.
+
+    Raises:
+        ExportError: a branch's weights cannot be derived exactly from the shared tensors.
+    """
+    if not branches or len(branches) != len(convs) or len(branches) != len(num_classes):
+        raise ValueError("one branch model, conv map and class count per domain is needed")
+    k_max = max(num_classes)
+    names = list(convs[0])
+    shared_ch = union_channels(convs)
+    inits: list[TensorProto] = []
+    shared_arrays = {}
+    for n, (u_out, u_in) in shared_ch.items():
+        w = np.asarray(backbone[n], dtype=np.float32)
+        shared_arrays[n] = np.ascontiguousarray(w[u_out][:, u_in])
+        inits.append(_const(f"shared.{n}.weight", shared_arrays[n]))
+
+    first = branches[0]
+    opset = next(o.version for o in first.opset_import if o.domain in ("", "ai.onnx"))
+    nodes: list[onnx.NodeProto] = []
+    # ---- routing prologue: rows of -inf, filled by each branch's ScatterND
+    inits += [
+        _const("route/neg_inf_row", np.full((1, k_max), -np.inf, np.float32)),
+        _const("route/k", np.array([k_max], np.int64)),
+        _const("route/flat", np.array([-1], np.int64)),
+    ]
+    nodes += [
+        helper.make_node("Shape", [_DOMAIN], ["route/batch"], name="route/shape"),
+        helper.make_node("Concat", ["route/batch", "route/k"], ["route/out_shape"], axis=0, name="route/concat"),
+        helper.make_node("Expand", ["route/neg_inf_row", "route/out_shape"], ["route/acc0"], name="route/init"),
+    ]
+    acc = "route/acc0"
+    for d, (model, bcs, k) in enumerate(zip(branches, convs, num_classes, strict=True)):
+        p = f"d{d}/"
+        inits.append(_const(f"{p}id", np.array(d, np.int64)))
+        nodes += [
+            helper.make_node("Equal", [_DOMAIN, f"{p}id"], [f"{p}mask"], name=f"{p}equal"),
+            helper.make_node("NonZero", [f"{p}mask"], [f"{p}nz"], name=f"{p}nonzero"),  # [1, k]
+            helper.make_node("Transpose", [f"{p}nz"], [f"{p}rows2"], perm=[1, 0], name=f"{p}rows2"),  # [k, 1]
+            helper.make_node("Reshape", [f"{p}rows2", "route/flat"], [f"{p}rows"], name=f"{p}rows"),  # [k]
+            helper.make_node("Gather", [_IMAGE, f"{p}rows"], [f"{p}{_IMAGE}"], axis=0, name=f"{p}select"),
+        ]
+        g = model.graph
+        weights = {t.name: t for t in g.initializer}
+        for t in g.initializer:
+            conv = next((n for n in names if weight_name.format(n) == t.name), None)
+            if conv is None:
+                inits.append(_renamed(t, p + t.name))
+                continue
+            orig = numpy_helper.to_array(t)
+            u_out, u_in = shared_ch[conv]
+            bc = bcs[conv]
+            if not _check_derivation(orig, shared_arrays[conv], bc, u_out, u_in):
+                raise ExportError(
+                    f"routed layout: branch {d} weight {t.name} is not a slice of the backbone's {conv}",
+                    "export with --layout tables and report this bug",
+                )
+            new_nodes, new_inits = _derive_weight(p + t.name, f"shared.{conv}.weight", bc, u_out, u_in)
+            nodes += new_nodes
+            inits += new_inits
+        missing = [n for n in names if weight_name.format(n) not in weights]
+        if missing:
+            raise ExportError(
+                f"routed layout: branch {d} has no initializer for conv {missing[0]}",
+                "export with --layout tables and report this bug",
+            )
+        for node in g.node:
+            n2 = onnx.NodeProto()
+            n2.CopyFrom(node)
+            n2.name = p + (node.name or node.output[0])
+            n2.input[:] = [p + i if i else i for i in node.input]
+            n2.output[:] = [p + o for o in node.output]
+            nodes.append(n2)
+        out = p + g.output[0].name
+        if k < k_max:
+            inits.append(_const(f"{p}pads", np.array([0, 0, 0, k_max - k], np.int64)))
+            inits.append(_const(f"{p}neg_inf", np.array(-np.inf, np.float32)))
+            nodes.append(helper.make_node("Pad", [out, f"{p}pads", f"{p}neg_inf"], [f"{p}padded"], name=f"{p}pad"))
+            out = f"{p}padded"
+        nxt = _LOGITS if d == len(branches) - 1 else f"{p}acc"
+        nodes.append(helper.make_node("ScatterND", [acc, f"{p}rows2", out], [nxt], name=f"{p}scatter"))
+        acc = nxt
+
+    image_in = onnx.ValueInfoProto()
+    image_in.CopyFrom(first.graph.input[0])
+    image_in.name = _IMAGE
+    batch = image_in.type.tensor_type.shape.dim[0].dim_param or "batch"
+    domain_in = helper.make_tensor_value_info(_DOMAIN, TensorProto.INT64, [batch])
+    logits = helper.make_tensor_value_info(_LOGITS, TensorProto.FLOAT, [batch, k_max])
+    graph = helper.make_graph(nodes, "bap_routed", [image_in, domain_in], [logits], initializer=inits)
+    out_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="bap")
+    out_model.ir_version = first.ir_version
+    return out_model, routed_stats(convs)
+
+
+def _renamed(t: TensorProto, name: str) -> TensorProto:
+    t2 = TensorProto()
+    t2.CopyFrom(t)
+    t2.name = name
+    return t2
