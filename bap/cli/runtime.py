@@ -151,6 +151,14 @@ def bench(
         int | None, typer.Option(help="Square input size (default: the manifest's).", show_default=False)
     ] = None,
     memory: Annotated[bool, typer.Option(help="Peak RSS per model in a fresh process.")] = True,
+    compare: Annotated[
+        str | None,
+        typer.Option(
+            help="Other exports of the same domains (comma-separated dirs) whose multi-domain models are timed in the "
+            "same interleaved run, e.g. the budget exported with --layout tables.",
+            show_default=False,
+        ),
+    ] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the bap.bench/1 JSON here.", show_default=False)
     ] = None,
@@ -176,6 +184,7 @@ def bench(
         domains=parse_csv(domains),
         input_size=input_size,
         memory=memory,
+        compare=parse_csv(compare),
     )
     doc = run_bench(cfg, RichCallback(False))
     if json_out:

@@ -86,7 +86,12 @@ class OrtBackend:
         """Backend facts."""
         import onnxruntime as ort
 
-        return {"backend": "ort", "onnxruntime": ort.__version__, "providers": self.providers, "threads": self.threads}
+        return {
+            "backend": "ort",
+            "onnxruntime": ort.__version__,
+            "providers": self.providers,
+            "threads": self.threads,
+        }
 
 
 @BACKENDS.register("trt")

@@ -28,6 +28,10 @@ __all__ = ["BENCH_FORMAT", "BenchConfig", "bench", "latency_stats", "percentile"
 log = logging.getLogger(__name__)
 
 BENCH_FORMAT = "bap.bench/1"
+# ONNX Runtime's idle workers busy-wait for a while after each run; without a pause before each chunk, the workers
+# of the model timed last compete for the cores with the one timed next (this slowed every model by up to 40% and
+# small-op models most, on 2 cores)
+CHUNK_PAUSE_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,8 @@ class BenchConfig:
         input_size: square input size (default: the manifest's).
         memory: measure peak RSS in a fresh process per model and batch.
         specialised: include the export's specialised models.
+        compare: other export directories (same domains) whose multi-domain models are timed in the same
+            interleaved run, e.g. the same budget exported with another ``--layout``.
     """
 
     export: str
@@ -59,6 +65,7 @@ class BenchConfig:
     input_size: int | None = None
     memory: bool = True
     specialised: bool = True
+    compare: tuple[str, ...] = ()
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -112,18 +119,51 @@ class _Case:
     role: str
     file: Path
     runner: Any
-    feeds: dict[str, np.ndarray]
+    feeds: list[dict[str, np.ndarray]]
     ms: list[float] = dataclasses.field(default_factory=list)
     windows: list[tuple[float, float]] = dataclasses.field(default_factory=list)
     error: str | None = None
+    calls: int = 0
+
+    def run(self) -> None:
+        """One inference on the next feeds (the domain rotation advances per call)."""
+        feeds = self.feeds[self.calls % len(self.feeds)]
+        self.calls += 1
+        self.runner.run(feeds)
 
 
-def _models(cfg: BenchConfig, manifest: dict[str, Any], root: Path) -> list[dict[str, Any]]:
-    """The models to compare: multi-domain, backbone, and specialised ones present in the export."""
+def _multi_macs(manifest: dict[str, Any], domains: list[str]) -> float:
+    """MACs per sample of a multi-domain model over an even mix of ``domains`` (routed: each runs its branch)."""
+    per = manifest.get("macs_executed")
+    if isinstance(per, dict) and all(d in per for d in domains):
+        return sum(per[d] for d in domains) / len(domains)
+    return manifest["macs"]["model"]
+
+
+def _models(cfg: BenchConfig, manifest: dict[str, Any], root: Path, domains: list[str]) -> list[dict[str, Any]]:
+    """The models to compare: multi-domain, backbone, specialised ones present in the export, compared exports."""
+    from bap.exporter.manifest import read_manifest
+
     out = [
-        {"role": "multi-domain", "file": root / manifest["model"], "macs": manifest["macs"]["model"], "multi": True},
+        {
+            "role": "multi-domain",
+            "file": root / manifest["model"],
+            "macs": _multi_macs(manifest, domains),
+            "multi": True,
+        },
         {"role": "backbone", "file": root / "backbone.onnx", "macs": manifest["macs"]["backbone"], "multi": False},
     ]
+    served = [d["name"] for d in manifest["domains"]]
+    for other in cfg.compare:
+        m = read_manifest(other)
+        if [d["name"] for d in m["domains"]] != served:
+            raise ConfigError(
+                f"--compare {other} serves other domains than {root}", "compare exports of the same run and domains"
+            )
+        label = f"compare:{Path(other).resolve().name}"
+        if label in {o["role"] for o in out}:
+            raise ConfigError(f"--compare lists {other} twice (or two dirs with one name)", "list distinct exports")
+        out.append({"role": label, "file": Path(other) / m["model"], "macs": _multi_macs(m, domains), "multi": True})
     if cfg.specialised:
         for name, info in sorted(manifest.get("specialised", {}).items()):
             if (root / info["file"]).is_file():
@@ -195,7 +235,7 @@ def bench(cfg: BenchConfig, callback: Any = None) -> dict[str, Any]:
             raise ConfigError(f"unknown domain {d!r}", f"the export serves: {', '.join(served)} (--domains)")
     dom_ids = [served.index(d) for d in cfg.domains] if cfg.domains else list(range(len(served)))
     size = cfg.input_size or int(manifest["input"]["shape"][2])
-    specs = _models(cfg, manifest, root)
+    specs = _models(cfg, manifest, root, [served[i] for i in dom_ids])
     for s in specs:
         if not s["file"].is_file():
             raise IncompatibleArtifactError(f"{s['file']} is missing", "re-export (bap export writes backbone.onnx)")
@@ -205,6 +245,8 @@ def bench(cfg: BenchConfig, callback: Any = None) -> dict[str, Any]:
         "backend": cfg.backend,
         **device.facts(),
         "threads": cfg.threads,
+        "chunk_pause_s": CHUNK_PAUSE_S,
+        "domain_rotation": "iteration i feeds sample j domain (i + j) mod D of the served (or --domains) list",
         "versions": versions(),
     }
     sampler = None
@@ -231,10 +273,12 @@ def bench(cfg: BenchConfig, callback: Any = None) -> dict[str, Any]:
     try:
         for b in cfg.batch_sizes:
             x = rng.random((b, 3, size, size), dtype=np.float32)
-            dom = np.array([dom_ids[i % len(dom_ids)] for i in range(b)], dtype=np.int64)
+            # every domain gets the same share of iterations, also at batch 1 (routed models run one branch)
+            n = len(dom_ids)
+            rotations = [np.array([dom_ids[(k + i) % n] for i in range(b)], dtype=np.int64) for k in range(n)]
             cases = []
             for s in specs:
-                feeds = {"image": x, "domain": dom} if s["multi"] else {"image": x}
+                feeds = [{"image": x, "domain": r} for r in rotations] if s["multi"] else [{"image": x}]
                 cases.append(_Case(s["role"], s["file"], runners.get(s["role"]), feeds, error=errors.get(s["role"])))
             _measure(cfg, cases, callback, b)
             for s, c in zip(specs, cases, strict=True):
@@ -262,19 +306,19 @@ def _measure(cfg: BenchConfig, cases: list[_Case], callback: Any, batch: int) ->
     for c in live:
         try:
             t_end = time.perf_counter() + cfg.warmup_s
-            c.runner.run(c.feeds)
+            c.run()
             while time.perf_counter() < t_end:
-                c.runner.run(c.feeds)
+                c.run()
         except Exception as e:
             c.error = f"{type(e).__name__}: {str(e)[:300]}"
     live = [c for c in live if c.error is None]
     if not live:
         return
-    # chunks of about 0.1 s alternate between models; the order rotates every round
+    # chunks of about 0.1 s alternate between models (after a short pause); the order rotates every round
     chunk = {}
     for c in live:
         t0 = time.perf_counter()
-        c.runner.run(c.feeds)
+        c.run()
         chunk[c.role] = max(1, int(0.1 / max(time.perf_counter() - t0, 1e-6)))
     rnd = 0
     while True:
@@ -285,11 +329,12 @@ def _measure(cfg: BenchConfig, cases: list[_Case], callback: Any, batch: int) ->
             break
         order = todo[rnd % len(todo) :] + todo[: rnd % len(todo)]
         for c in order:
+            time.sleep(CHUNK_PAUSE_S)
             start = time.time()
             try:
                 for _ in range(chunk[c.role]):
                     t0 = time.perf_counter()
-                    c.runner.run(c.feeds)
+                    c.run()
                     c.ms.append((time.perf_counter() - t0) * 1000.0)
             except Exception as e:
                 c.error = f"{type(e).__name__}: {str(e)[:300]}"

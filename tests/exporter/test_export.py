@@ -177,7 +177,7 @@ def test_domain_subset_and_fp16(tmp_path):
 
 
 def test_routed_model_stores_each_weight_once(tmp_path):
-    run_dir, suite = _synthetic_run(tmp_path, "test_bottleneck", seed=1)
+    run_dir, _ = _synthetic_run(tmp_path, "test_bottleneck", seed=1)
     out = tmp_path / "r"
     res = export(ExportConfig(run_dir=str(run_dir), out=str(out), validation_images=4, layout="routed"))
     m = onnx.load(str(out / "model.onnx"))

@@ -88,3 +88,46 @@ def test_jetson_clocks_parser():
     assert parse_jetson_clocks(locked) == "locked"
     assert parse_jetson_clocks(free) == "not locked"
     assert parse_jetson_clocks("") == "unknown"
+
+
+def test_compare_times_another_layout_and_domains_rotate(tiny_export, tiny_run, tmp_path, monkeypatch):
+    from bap.exporter import ExportConfig, export
+    from bap.runtime import bench as bench_mod
+
+    tables = tmp_path / "tables"
+    export(ExportConfig(run_dir=str(tiny_run[0]), budget=0.5, out=str(tables), layout="tables", validation_images=4))
+    seen = []
+    real = bench_mod._Case.run
+
+    def spy(self):
+        if self.role == "multi-domain":
+            seen.append(self.feeds[self.calls % len(self.feeds)]["domain"].tolist())
+        real(self)
+
+    monkeypatch.setattr(bench_mod._Case, "run", spy)
+    doc = bench(
+        BenchConfig(
+            export=str(tiny_export[0]),
+            compare=(str(tables),),
+            batch_sizes=(1,),
+            warmup_s=0.0,
+            duration_s=0.05,
+            iterations=10,
+            threads=1,
+            memory=False,
+            specialised=False,
+        )
+    )
+    roles = {r["role"]: r for r in doc["results"]}
+    assert set(roles) == {"multi-domain", "backbone", "compare:tables"}
+    manifest = tiny_export[1].manifest
+    assert manifest["layout"] == "routed"
+    executed = manifest["macs_executed"]
+    assert roles["multi-domain"]["macs"] == int(sum(executed.values()) / len(executed))  # even mix of branches
+    assert roles["compare:tables"]["macs"] == json.loads((tables / "manifest.json").read_text())["macs"]["model"]
+    # at batch 1 the domain rotates per call: every domain gets (nearly) the same share of the iterations
+    counts = [sum(1 for s in seen if s == [d]) for d in range(len(executed))]
+    assert min(counts) >= 1 and max(counts) - min(counts) <= 1
+    assert doc["device"]["chunk_pause_s"] > 0
+    with pytest.raises(ConfigError, match="twice"):
+        bench(BenchConfig(export=str(tiny_export[0]), compare=(str(tables), str(tables)), batch_sizes=(1,)))
