@@ -48,7 +48,7 @@ def export(
         typer.Option(help="Trained budget to export (required if the run has several).", show_default=False),
     ] = None,
     target: Annotated[str, typer.Option(help="onnx, or trt (also build a TensorRT engine on this machine).")] = "onnx",
-    layout: Annotated[
+    graph: Annotated[
         str,
         typer.Option(
             help="Multi-domain graph: routed (each domain runs its own channels on its samples; fastest on ONNX Runtime, "
@@ -111,7 +111,7 @@ def export(
         run_dir=str(run_dir),
         budget=budget,
         target=target,
-        layout=layout,
+        graph=graph,
         precision=precision,
         domains=parse_csv(domains),
         specialise=spec,
@@ -138,7 +138,7 @@ def export(
         timing = ", ".join(f"{k} {v:.1f}s" for k, v in res.timings.items())
         m = res.manifest
         console.print(
-            f"exported {res.out_dir} ({m['layout']} layout): rel MACs executed per sample {m['rel_macs_executed']:.3f} "
+            f"exported {res.out_dir} ({m['graph']} graph): rel MACs executed per sample {m['rel_macs_executed']:.3f} "
             f"(domains' own mean {m['rel_macs_mean']:.3f}), rel params {m['rel_params']:.3f}; {timing}"
         )
 

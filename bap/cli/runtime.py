@@ -155,7 +155,7 @@ def bench(
         str | None,
         typer.Option(
             help="Other exports of the same domains (comma-separated dirs) whose multi-domain models are timed in the "
-            "same interleaved run, e.g. the budget exported with --layout tables.",
+            "same interleaved run, e.g. the budget exported with --graph tables.",
             show_default=False,
         ),
     ] = None,

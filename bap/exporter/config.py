@@ -13,7 +13,7 @@ __all__ = ["MAX_OPSET", "MIN_OPSET", "ExportConfig"]
 
 MIN_OPSET, MAX_OPSET = 13, 21  # 13: Gather/Unsqueeze with tensor axes; 21: newest the legacy exporter emits
 TARGETS = ("onnx", "trt")
-LAYOUT_CHOICES = ("auto", "tables", "routed")  # bap.exporter.layouts.LAYOUTS plus auto
+GRAPH_CHOICES = ("auto", "tables", "routed")  # bap.exporter.layouts.LAYOUTS plus auto
 PRECISIONS = ("fp32", "fp16")
 
 
@@ -25,7 +25,7 @@ class ExportConfig:
         run_dir: a ``bap train`` run directory.
         budget: which trained budget to export.
         target: ``onnx`` (ONNX files only) or ``trt`` (also a TensorRT engine, built on this machine).
-        layout: how the multi-domain graph is laid out (:mod:`bap.exporter.layouts`): ``tables`` (per-sample
+        graph: how the multi-domain graph is laid out (:mod:`bap.exporter.layouts`): ``tables`` (per-sample
             gathered affine tables over the union of channels), ``routed`` (per-domain branches over shared
             weights) or ``auto`` (``routed`` for ONNX exports of per-domain methods, else ``tables``).
         precision: ``fp32`` or ``fp16`` (fp16 is carried by the ONNX file: TensorRT 11 is strongly typed).
@@ -48,7 +48,7 @@ class ExportConfig:
     run_dir: str
     budget: float | None = None
     target: str = "onnx"
-    layout: str = "auto"
+    graph: str = "auto"
     precision: str = "fp32"
     domains: tuple[str, ...] = ()
     specialise: tuple[str, ...] = ()
@@ -67,8 +67,13 @@ class ExportConfig:
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise ConfigError(f"unknown target {self.target!r}", "use --target onnx or trt")
-        if self.layout not in LAYOUT_CHOICES:
-            raise ConfigError(f"unknown layout {self.layout!r}", f"use --layout {', '.join(LAYOUT_CHOICES)}")
+        if self.graph not in GRAPH_CHOICES:
+            raise ConfigError(f"unknown graph layout {self.graph!r}", f"use --graph {', '.join(GRAPH_CHOICES)}")
+        if self.graph == "routed" and self.target == "trt":
+            raise ConfigError(
+                "--graph routed is for ONNX Runtime (its branch weights are derived in the graph; not built for TensorRT)",
+                "use --graph tables (or auto) with --target trt",
+            )
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}", "use --precision fp32 or fp16")
         if self.round_to not in (1, 8, 16, 32):

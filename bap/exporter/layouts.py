@@ -1,4 +1,4 @@
-"""How the multi-domain model is laid out in ONNX, chosen through a registry (``--layout``).
+"""How the multi-domain model is laid out in ONNX, chosen through a registry (``--graph``).
 
 * ``tables`` (``DESIGN.md`` section 3): one compact network over the union of the domains' channels; per-domain
   BN, gates and normalisation are gathered affine tables applied per sample. Weights are held once at run time;
@@ -28,7 +28,7 @@ from bap.core.registry import Registry
 
 __all__ = ["LAYOUTS", "Built", "LayoutJob", "resolve_layout"]
 
-LAYOUTS: Registry = Registry("layout", "--layout")
+LAYOUTS: Registry = Registry("graph layout", "--graph")
 
 
 @dataclass

@@ -179,7 +179,7 @@ def export(cfg: ExportConfig, callback: Callable[[str, str], None] | None = None
     t = time.time()
     size = graph.input_size
     shared_bn = run.config.method in SHARED_METHODS
-    layout_name = resolve_layout(cfg.layout, cfg.target, shared_bn, len(served))
+    layout_name = resolve_layout(cfg.graph, cfg.target, shared_bn, len(served))
     layout = LAYOUTS.get(layout_name)()
 
     def to_onnx(module, example, input_names, dynamic_axes) -> onnx.ModelProto:
@@ -196,7 +196,7 @@ def export(cfg: ExportConfig, callback: Callable[[str, str], None] | None = None
     timings["build"] = time.time() - t
     say(
         "build",
-        f"{layout_name} layout: {executed / backbone_macs:.3f} of the backbone's MACs executed per sample, "
+        f"{layout_name} graph: {executed / backbone_macs:.3f} of the backbone's MACs executed per sample, "
         f"params {pb['rel_params']:.3f}",
     )
 
@@ -210,7 +210,7 @@ def export(cfg: ExportConfig, callback: Callable[[str, str], None] | None = None
             if cfg.target == "trt":
                 _save(m32, stage / "model_fp32.onnx")  # TensorRT 8.x builds fp16 from fp32 + FP16 flag
         _save(m, stage / "model.onnx")
-        files = {"model.onnx": f"multi-domain ({layout_name} layout)"}
+        files = {"model.onnx": f"multi-domain ({layout_name} graph)"}
         bb_row = rows[0]
         mb = export_single(job, build_specialised(model, bb_row, all_on=True))
         _save(convert_fp16(mb) if cfg.precision == "fp16" else mb, stage / "backbone.onnx")
@@ -296,7 +296,7 @@ def export(cfg: ExportConfig, callback: Callable[[str, str], None] | None = None
         manifest = _manifest(
             cfg, run, served, plan, summary, macs, built, backbone_macs, validation, ready, spec_files, size, m
         )
-        manifest["layout"] = layout_name
+        manifest["graph"] = layout_name
         if not passed and not cfg.allow_mismatch:
             bad = [
                 f"{k} max|Δ| {e['max_abs_diff']:.2e}"
@@ -416,7 +416,7 @@ def _manifest(
         "rel_macs": rel,
         "rel_macs_mean": sum(rel.values()) / len(rel),
         "rel_macs_executed": executed / backbone_macs,
-        "layout_facts": built.facts,
+        "graph_facts": built.facts,
         "rel_params": pb["rel_params"],
         "accuracy": {n: res.get("accuracy", {}).get(n) for n in served},
         "validation": validation,

@@ -220,7 +220,7 @@ def route_branches(
             if not _check_derivation(orig, shared_arrays[conv], bc, u_out, u_in):
                 raise ExportError(
                     f"routed layout: branch {d} weight {t.name} is not a slice of the backbone's {conv}",
-                    "export with --layout tables and report this bug",
+                    "export with --graph tables and report this bug",
                 )
             new_nodes, new_inits = _derive_weight(p + t.name, f"shared.{conv}.weight", bc, u_out, u_in)
             nodes += new_nodes
@@ -229,7 +229,7 @@ def route_branches(
         if missing:
             raise ExportError(
                 f"routed layout: branch {d} has no initializer for conv {missing[0]}",
-                "export with --layout tables and report this bug",
+                "export with --graph tables and report this bug",
             )
         for node in g.node:
             n2 = onnx.NodeProto()

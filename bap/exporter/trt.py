@@ -104,7 +104,7 @@ def readiness(
         notes.append(f"opset {opset} is newer than TensorRT {', '.join(too_new)} parse; use --opset 17 for JetPack 5/6")
     if "NonZero" in ops:
         notes.append(
-            "NonZero (routed layout): data-dependent shapes, parsed by TensorRT >= 8.5; --layout tables is the layout "
+            "NonZero (routed graph): data-dependent shapes, parsed by TensorRT >= 8.5; --graph tables is the layout "
             "built for TensorRT"
         )
     covered = all(name in profile for name in dynamic)

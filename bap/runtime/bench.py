@@ -50,7 +50,7 @@ class BenchConfig:
         memory: measure peak RSS in a fresh process per model and batch.
         specialised: include the export's specialised models.
         compare: other export directories (same domains) whose multi-domain models are timed in the same
-            interleaved run, e.g. the same budget exported with another ``--layout``.
+            interleaved run, e.g. the same budget exported with another ``--graph``.
     """
 
     export: str

@@ -69,10 +69,10 @@ def test_exported_model_equals_masked_model(tmp_path, backbone, round_to, gather
             round_to=round_to,
             gather_threshold=gather,
             validation_images=4,
-            layout=layout,
+            graph=layout,
         )
     )
-    assert res.manifest["validation"]["passed"] and res.manifest["layout"] == layout
+    assert res.manifest["validation"]["passed"] and res.manifest["graph"] == layout
     for batch in (1, 6):
         assert _ort_vs_masked(out, run_dir, suite, batch) <= 1e-4
     m = onnx.load(str(out / "model.onnx"))
@@ -92,7 +92,7 @@ def test_kept_channels_equal_the_union_and_dead_chains_vanish(tmp_path, layout):
     on = run.model.switches.binary()
     res = export(
         ExportConfig(
-            run_dir=str(run_dir), out=str(tmp_path / "e"), validation_images=4, gather_threshold=1.0, layout=layout
+            run_dir=str(run_dir), out=str(tmp_path / "e"), validation_images=4, gather_threshold=1.0, graph=layout
         )
     )
     kept = res.manifest["kept_channels"]
@@ -125,7 +125,7 @@ def test_manifest_round_trips_and_is_embedded(tiny_export):
         assert doc["validation"][d["name"]]["top1_agreement"] == 1.0
     names = [d["name"] for d in doc["domains"]]
     executed = doc["macs_executed"]
-    assert doc["layout"] == "routed"  # auto, for an ONNX export of a bap run serving several domains
+    assert doc["graph"] == "routed"  # auto, for an ONNX export of a bap run serving several domains
     # each sample runs its own domain's branch: its channels, plus rounding padding
     assert all(doc["macs"]["backbone"] > executed[n] >= doc["macs"][n] for n in names)
     assert doc["macs"]["model"] == round(sum(executed.values()) / len(names))
@@ -179,7 +179,7 @@ def test_domain_subset_and_fp16(tmp_path):
 def test_routed_model_stores_each_weight_once(tmp_path):
     run_dir, _ = _synthetic_run(tmp_path, "test_bottleneck", seed=1)
     out = tmp_path / "r"
-    res = export(ExportConfig(run_dir=str(run_dir), out=str(out), validation_images=4, layout="routed"))
+    res = export(ExportConfig(run_dir=str(run_dir), out=str(out), validation_images=4, graph="routed"))
     m = onnx.load(str(out / "model.onnx"))
     convs = load_run(run_dir).model.graph.convs
     weights = {t.name: t for t in m.graph.initializer if len(t.dims) == 4 and t.name.endswith(".weight")}
@@ -217,6 +217,6 @@ def test_auto_layout():
     assert resolve_layout("auto", "onnx", shared_bn=True, num_served=3) == "tables"  # dgprune / feature
     assert resolve_layout("auto", "onnx", shared_bn=False, num_served=1) == "tables"
     assert resolve_layout("tables", "onnx", shared_bn=False, num_served=3) == "tables"
-    from bap.exporter.config import LAYOUT_CHOICES
+    from bap.exporter.config import GRAPH_CHOICES
 
-    assert set(LAYOUT_CHOICES) == {"auto", *LAYOUTS.names()}
+    assert set(GRAPH_CHOICES) == {"auto", *LAYOUTS.names()}

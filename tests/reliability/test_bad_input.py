@@ -220,6 +220,20 @@ CASES = [
         ["TMP/e7"],
     ),
     (
+        "export-graph",
+        ["export", "RUN", "--budget", "0.5", "--graph", "grid", "--out", "TMP/e11"],
+        2,
+        "unknown graph layout 'grid'",
+        ["TMP/e11"],
+    ),
+    (
+        "export-routed-trt",
+        ["export", "RUN", "--budget", "0.5", "--graph", "routed", "--target", "trt", "--out", "TMP/e12"],
+        2,
+        "--graph routed is for ONNX Runtime",
+        ["TMP/e12"],
+    ),
+    (
         "export-precision",
         ["export", "RUN", "--budget", "0.5", "--precision", "fp8", "--out", "TMP/e8"],
         2,
@@ -312,6 +326,13 @@ CASES = [
         ["TMP/b6.json"],
     ),
     ("bench-missing", ["bench", "TMP/noexport", "--json", "TMP/b7.json"], 2, "no manifest", ["TMP/b7.json"]),
+    (
+        "bench-compare-missing",
+        ["bench", "EXPORT", "--compare", "TMP/noexport", "--json", "TMP/b8.json"],
+        2,
+        "no manifest",
+        ["TMP/b8.json"],
+    ),
 ]
 
 

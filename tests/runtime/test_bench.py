@@ -95,7 +95,7 @@ def test_compare_times_another_layout_and_domains_rotate(tiny_export, tiny_run, 
     from bap.runtime import bench as bench_mod
 
     tables = tmp_path / "tables"
-    export(ExportConfig(run_dir=str(tiny_run[0]), budget=0.5, out=str(tables), layout="tables", validation_images=4))
+    export(ExportConfig(run_dir=str(tiny_run[0]), budget=0.5, out=str(tables), graph="tables", validation_images=4))
     seen = []
     real = bench_mod._Case.run
 
@@ -121,7 +121,7 @@ def test_compare_times_another_layout_and_domains_rotate(tiny_export, tiny_run, 
     roles = {r["role"]: r for r in doc["results"]}
     assert set(roles) == {"multi-domain", "backbone", "compare:tables"}
     manifest = tiny_export[1].manifest
-    assert manifest["layout"] == "routed"
+    assert manifest["graph"] == "routed"
     executed = manifest["macs_executed"]
     assert roles["multi-domain"]["macs"] == int(sum(executed.values()) / len(executed))  # even mix of branches
     assert roles["compare:tables"]["macs"] == json.loads((tables / "manifest.json").read_text())["macs"]["model"]
