@@ -100,20 +100,15 @@ def _plot(points: list[dict[str, Any]], path: Path, graph: str, other: str) -> P
         pts = [p for p in points if p["batch"] == b]
         if not pts:
             continue
-        ax.scatter(
-            [p["multi"][0] for p in pts],
-            [p["multi"][1] for p in pts],
-            marker=marker,
-            color="C0",
-            label=f"multi-domain ({graph}), batch {b}",
-        )
-        ax.scatter(
-            [p["other"][0] for p in pts],
-            [p["other"][1] for p in pts],
-            marker=marker,
-            color="C2",
-            label=f"multi-domain ({other}), batch {b}",
-        )
+        for key, color, name in (("multi", "C0", graph), ("other", "C2", other)):
+            xy = [p[key] for p in pts]
+            ax.scatter(
+                [x for x, _ in xy],
+                [y for _, y in xy],
+                marker=marker,
+                color=color,
+                label=f"multi-domain ({name}), batch {b}",
+            )
         xs = [x for p in pts for x, _ in p["specialised"]]
         ys = [y for p in pts for _, y in p["specialised"]]
         ax.scatter(xs, ys, marker=marker, color="C1", alpha=0.5, label=f"specialised, batch {b}")

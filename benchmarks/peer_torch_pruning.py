@@ -210,7 +210,8 @@ def main() -> None:
             "rel_macs": res["rel_macs"][dom.name],
             "latency_ms": lat,
         }
-    results["bap_total"] = {"params": manifest["params"]["model"], "onnx_bytes": bap_bytes}
+    results["bap_total"] = {"params": manifest["params"]["model"], "params_loaded": manifest["params"]["loaded"],
+                            "onnx_bytes": bap_bytes, "graph": manifest["graph"]}  # fmt: skip
     for variant in a.variants.split(","):
         per, total_params, total_bytes = {}, 0, 0
         for dom in ds:
@@ -236,15 +237,16 @@ def main() -> None:
         results["variants"][variant] = {"domains": per, "params": total_params, "onnx_bytes": total_bytes}
 
     names = [d.name for d in ds]
-    header = ["", *names, "mean acc", "params to serve all", "ONNX MB (all)", "median latency ms (b=1)"]
+    header = ["", *names, "mean acc", "params to serve all", "params held after load", "ONNX MB (all)",
+              "median latency ms (b=1)"]  # fmt: skip
     rows = [["bap (one model)", *[f"{100 * results['bap'][n]['accuracy']:.1f}" for n in names],
              f"{100 * sum(results['bap'][n]['accuracy'] for n in names) / len(names):.1f}",
-             f"{results['bap_total']['params']:,}", f"{bap_bytes / 2**20:.2f}",
-             f"{sum(results['bap'][n]['latency_ms'] for n in names) / len(names):.3f}"]]  # fmt: skip
+             f"{results['bap_total']['params']:,}", f"{results['bap_total']['params_loaded']:,}",
+             f"{bap_bytes / 2**20:.2f}", f"{sum(results['bap'][n]['latency_ms'] for n in names) / len(names):.3f}"]]  # fmt: skip
     for v, r in results["variants"].items():
         rows.append([f"Torch-Pruning {v} ({len(names)} models)", *[f"{100 * r['domains'][n]['accuracy']:.1f}" for n in names],
                      f"{100 * sum(r['domains'][n]['accuracy'] for n in names) / len(names):.1f}",
-                     f"{r['params']:,}", f"{r['onnx_bytes'] / 2**20:.2f}",
+                     f"{r['params']:,}", f"{r['params']:,}", f"{r['onnx_bytes'] / 2**20:.2f}",
                      f"{sum(r['domains'][n]['latency_ms'] for n in names) / len(names):.3f}"])  # fmt: skip
     macs_rows = [
         [
@@ -256,8 +258,14 @@ def main() -> None:
     ]
     text = (
         f"### bap vs Torch-Pruning {_tp_version()} ({a.backbone}, β = {a.budget}, embedded suite)\n\n"
-        f"Accuracy in % (test). Params exclude classifiers for both; bap's count includes every domain's BN tables. "
-        f"Latency: ONNX Runtime CPU, {a.threads} threads, batch 1, median of {a.latency_runs} runs (bap: the "
+        f"Accuracy in % (test). Params exclude classifiers for both; bap's count includes every domain's BN. "
+        f"Params held after load: bap's {manifest['graph']} graph "
+        + (
+            "folds every domain's branch weights from the shared ones when the runtime loads it"
+            if manifest["graph"] == "routed"
+            else "holds the shared weights once"
+        )
+        + f". Latency: ONNX Runtime CPU, {a.threads} threads, batch 1, median of {a.latency_runs} runs (bap: the "
         f"multi-domain model with that domain's id).\n\n"
         + md_table(header, rows)
         + "\n\nPer-domain MACs relative to the backbone (Torch-Pruning targets bap's):\n\n"
@@ -265,8 +273,13 @@ def main() -> None:
         + "\n\nChoices that could favour either side: Torch-Pruning prunes uniformly per layer (global_pruning=False) with "
         "L2 magnitude importance and no iterative schedule; it trains each domain for bap's number of steps with bap's "
         "learning rates (not tuned for it); tp-full gives it more freedom than bap (all weights train). bap shares one "
-        "frozen backbone and pays per-sample gathers at run time; its latency is that of the union of all domains' "
-        "channels, Torch-Pruning's that of one domain's model."
+        "frozen backbone; "
+        + (
+            "each sample runs its own domain's branch of the one model (routing costs a few ops per domain), "
+            if manifest["graph"] == "routed"
+            else "every sample runs the union of all domains' channels with per-sample BN tables, "
+        )
+        + "Torch-Pruning's latency is that of one domain's model."
     )
     write_results(a.name, results, text)
     print(text)

@@ -106,26 +106,30 @@ def _positions(keep: Sequence[int], union: Sequence[int]) -> np.ndarray:
     return np.array([where[c] for c in keep], dtype=np.int64)
 
 
-def _derive_weight(
-    name: str, shared: str, bc: BranchConv, u_out: Sequence[int], u_in: Sequence[int]
-) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
-    """Nodes computing branch weight ``name`` from the shared tensor (constant: runtimes fold them at load)."""
-    nodes, inits = [], []
-    cur = shared
-    p_out, p_in = _positions(bc.out_keep, u_out), _positions(bc.in_keep, u_in)
+def _steps(bc: BranchConv, u_out: Sequence[int], u_in: Sequence[int]) -> list[tuple[str, str, np.ndarray, dict]]:
+    """The operations that turn the shared tensor into a branch's folded weight: ``(op, what, operand, attrs)``."""
     steps: list[tuple[str, str, np.ndarray, dict]] = []
+    p_out, p_in = _positions(bc.out_keep, u_out), _positions(bc.in_keep, u_in)
     if not np.array_equal(p_out, np.arange(len(u_out))):
         steps.append(("Gather", "rows", p_out, {"axis": 0}))
     if not np.array_equal(p_in, np.arange(len(u_in))):
         steps.append(("Gather", "cols", p_in, {"axis": 1}))
-    if bc.zero_cols:
+    if bc.zero_cols:  # read by the branch but used by no domain it serves (see LayerPlan.zero_cols)
         mask = np.ones((1, len(bc.in_keep), 1, 1), np.float32)
         mask[0, [bc.in_keep.index(c) for c in bc.zero_cols]] = 0.0
         steps.append(("Mul", "mask", mask, {}))
     if bc.scale is not None:
         steps.append(("Mul", "scale", bc.scale.reshape(-1, 1, 1, 1).astype(np.float32), {}))
+    return steps
+
+
+def _derive_weight(
+    name: str, shared: str, steps: list[tuple[str, str, np.ndarray, dict]]
+) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """Nodes computing branch weight ``name`` from the shared tensor (constant: runtimes fold them at load)."""
     if not steps:
-        return [helper.make_node("Identity", [cur], [name], name=f"{name}/share")], inits
+        return [helper.make_node("Identity", [shared], [name], name=f"{name}/share")], []
+    nodes, inits, cur = [], [], shared
     for i, (op, what, arr, attrs) in enumerate(steps):
         const = f"{name}/{what}"
         inits.append(_const(const, arr))
@@ -135,16 +139,12 @@ def _derive_weight(
     return nodes, inits
 
 
-def _check_derivation(orig: np.ndarray, shared: np.ndarray, bc: BranchConv, u_out, u_in) -> bool:
-    """The derivation reproduces the exported weight exactly (same float32 operations, same order)."""
-    w = shared[_positions(bc.out_keep, u_out)][:, _positions(bc.in_keep, u_in)]
-    if bc.zero_cols:
-        mask = np.ones((1, len(bc.in_keep), 1, 1), np.float32)
-        mask[0, [bc.in_keep.index(c) for c in bc.zero_cols]] = 0.0
-        w = w * mask
-    if bc.scale is not None:
-        w = w * bc.scale.reshape(-1, 1, 1, 1)
-    return w.shape == orig.shape and bool(np.array_equal(w, orig))
+def _apply(shared: np.ndarray, steps: list[tuple[str, str, np.ndarray, dict]]) -> np.ndarray:
+    """What the derivation nodes compute, in numpy (same float32 operations in the same order)."""
+    w = shared
+    for op, _, arr, attrs in steps:
+        w = np.take(w, arr, axis=attrs["axis"]) if op == "Gather" else w * arr
+    return w
 
 
 def route_branches(
@@ -215,20 +215,20 @@ def route_branches(
                 inits.append(_renamed(t, p + t.name))
                 continue
             orig = numpy_helper.to_array(t)
-            u_out, u_in = shared_ch[conv]
-            bc = bcs[conv]
-            if not _check_derivation(orig, shared_arrays[conv], bc, u_out, u_in):
+            steps = _steps(bcs[conv], *shared_ch[conv])
+            derived = _apply(shared_arrays[conv], steps)
+            if derived.shape != orig.shape or not np.array_equal(derived, orig):
                 raise ExportError(
-                    f"routed layout: branch {d} weight {t.name} is not a slice of the backbone's {conv}",
+                    f"routed graph: branch {d} weight {t.name} is not a slice of the backbone's {conv}",
                     "export with --graph tables and report this bug",
                 )
-            new_nodes, new_inits = _derive_weight(p + t.name, f"shared.{conv}.weight", bc, u_out, u_in)
+            new_nodes, new_inits = _derive_weight(p + t.name, f"shared.{conv}.weight", steps)
             nodes += new_nodes
             inits += new_inits
         missing = [n for n in names if weight_name.format(n) not in weights]
         if missing:
             raise ExportError(
-                f"routed layout: branch {d} has no initializer for conv {missing[0]}",
+                f"routed graph: branch {d} has no initializer for conv {missing[0]}",
                 "export with --graph tables and report this bug",
             )
         for node in g.node:
