@@ -45,6 +45,11 @@ def parse() -> argparse.Namespace:
     return p.parse_args()
 
 
+def _compared(ratios: dict) -> dict:
+    """The ratios of the one model timed with ``--compare`` (the other graph layout)."""
+    return next(r for role, r in ratios.items() if role.startswith("compare:"))
+
+
 def main() -> None:
     a = parse()
     import torch
@@ -89,7 +94,7 @@ def main() -> None:
     for b in sizes:
         res_b = {r["role"]: r for r in doc["results"] if r["batch"] == b}
         q = {r["role"]: r for r in doc["ratios"] if r["batch"] == b}
-        md, sp, ot = q["multi-domain"], q[f"specialised:{a.specialise}"], q[f"compare:{out_other.name}"]
+        md, sp, ot = q["multi-domain"], q[f"specialised:{a.specialise}"], _compared(q)
         ok_sp, ok_md = sp["latency"] <= 1.10 * sp["macs"], md["latency"] <= 1.25 * md["macs"]
         checks += [ok_sp, ok_md]
         base = res_b["backbone"]["latency_ms"]["median"]

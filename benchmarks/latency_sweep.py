@@ -65,7 +65,7 @@ def main() -> None:
         for b in sizes:
             q = [r for r in doc["ratios"] if r["batch"] == b]
             md = next(r for r in q if r["role"] == "multi-domain")
-            ot = next(r for r in q if r["role"] == f"compare:{out_other.name}")
+            ot = next(r for r in q if r["role"].startswith("compare:"))  # the other graph (one --compare)
             sp = [r for r in q if r["role"].startswith("specialised:")]
             base = next(r for r in doc["results"] if r["role"] == "backbone" and r["batch"] == b)
             sp_lat = statistics.mean(r["latency"] for r in sp)

@@ -102,7 +102,7 @@ def _sig(ms: float) -> str:
 
 def bench_table(doc: dict[str, Any]) -> Table:
     """Per model x batch: latency percentiles, throughput, memory, size and ratios to the backbone."""
-    ratios = {(r["batch"], r["model"]): r for r in doc["ratios"]}
+    ratios = {(r["batch"], r["role"]): r for r in doc["ratios"]}  # by role: compared exports share file names
     t = Table(
         box=box.SIMPLE_HEAD,
         pad_edge=False,
@@ -117,7 +117,7 @@ def bench_table(doc: dict[str, Any]) -> Table:
         if "error" in r:
             t.add_row(r["role"], str(r["batch"]), f"[red]error: {r['error'][:60]}", "", "", "", "", "", "", "")
             continue
-        q = ratios.get((r["batch"], r["model"]))
+        q = ratios.get((r["batch"], r["role"]))
         lat = r["latency_ms"]
         t.add_row(
             r["role"],

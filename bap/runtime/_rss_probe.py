@@ -15,12 +15,26 @@ import resource
 import sys
 
 
-def _rss_mb() -> float:
+def _status_mb(key: str) -> float:
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key):
                 return int(line.split()[1]) / 1024.0
     return float("nan")
+
+
+def _rss_mb() -> float:
+    return _status_mb("VmRSS:")
+
+
+def _peak_rss_mb() -> float:
+    """Peak RSS of this process image (``VmHWM``).
+
+    Not ``ru_maxrss``: Linux carries that over from the parent through fork and exec, so every probe spawned by a
+    large ``bap bench`` process reported at least the parent's size.
+    """
+    peak = _status_mb("VmHWM:")
+    return peak if peak == peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _mem_available_mb() -> float | None:
@@ -77,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     for _ in range(a.runs):
         sess.run(None, {k: v for k, v in feeds.items() if k in names})
     out = {
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_rss_mb": _peak_rss_mb(),
         "baseline_rss_mb": base_rss,
         "providers": sess.get_providers(),
     }

@@ -154,15 +154,17 @@ def _models(cfg: BenchConfig, manifest: dict[str, Any], root: Path, domains: lis
         {"role": "backbone", "file": root / "backbone.onnx", "macs": manifest["macs"]["backbone"], "multi": False},
     ]
     served = [d["name"] for d in manifest["domains"]]
+    if len({Path(o).resolve() for o in cfg.compare}) < len(cfg.compare):
+        raise ConfigError("--compare lists an export twice", "list distinct export directories")
     for other in cfg.compare:
         m = read_manifest(other)
         if [d["name"] for d in m["domains"]] != served:
             raise ConfigError(
                 f"--compare {other} serves other domains than {root}", "compare exports of the same run and domains"
             )
-        label = f"compare:{Path(other).resolve().name}"
-        if label in {o["role"] for o in out}:
-            raise ConfigError(f"--compare lists {other} twice (or two dirs with one name)", "list distinct exports")
+        label = f"compare:{m.get('graph') or Path(other).resolve().name}"  # short: the bench table fits 80 columns
+        if label in {o["role"] for o in out}:  # two compared exports with one graph: name them by directory
+            label = f"compare:{Path(other).resolve().parent.name}/{Path(other).resolve().name}"
         out.append({"role": label, "file": Path(other) / m["model"], "macs": _multi_macs(m, domains), "multi": True})
     if cfg.specialised:
         for name, info in sorted(manifest.get("specialised", {}).items()):

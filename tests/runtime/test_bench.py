@@ -94,7 +94,7 @@ def test_compare_times_another_layout_and_domains_rotate(tiny_export, tiny_run, 
     from bap.exporter import ExportConfig, export
     from bap.runtime import bench as bench_mod
 
-    tables = tmp_path / "tables"
+    tables = tmp_path / "other-export"
     export(ExportConfig(run_dir=str(tiny_run[0]), budget=0.5, out=str(tables), graph="tables", validation_images=4))
     seen = []
     real = bench_mod._Case.run
@@ -119,7 +119,7 @@ def test_compare_times_another_layout_and_domains_rotate(tiny_export, tiny_run, 
         )
     )
     roles = {r["role"]: r for r in doc["results"]}
-    assert set(roles) == {"multi-domain", "backbone", "compare:tables"}
+    assert set(roles) == {"multi-domain", "backbone", "compare:tables"}  # labelled by the compared export's graph
     manifest = tiny_export[1].manifest
     assert manifest["graph"] == "routed"
     executed = manifest["macs_executed"]
@@ -131,3 +131,14 @@ def test_compare_times_another_layout_and_domains_rotate(tiny_export, tiny_run, 
     assert doc["device"]["chunk_pause_s"] > 0
     with pytest.raises(ConfigError, match="twice"):
         bench(BenchConfig(export=str(tiny_export[0]), compare=(str(tables), str(tables)), batch_sizes=(1,)))
+
+
+def test_memory_probe_does_not_inherit_the_parents_peak(tiny_export):
+    from bap.runtime.bench import _probe_memory
+
+    ballast = bytearray(600 * 2**20)  # the bench process is large (torch, several sessions)
+    ballast[::4096] = b"x" * len(ballast[::4096])  # touch every page so it is resident
+    cfg = BenchConfig(export=str(tiny_export[0]), threads=1)
+    mem = _probe_memory(cfg, tiny_export[0] / "backbone.onnx", 1, 32, 0)
+    assert 0 < mem["baseline_rss_mb"] <= mem["peak_rss_mb"] < 400, mem  # measures the probe, not its parent
+    del ballast
