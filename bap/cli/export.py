@@ -53,7 +53,8 @@ def export(
         typer.Option(
             help="Multi-domain graph: routed (each domain runs its own channels on its samples; fastest on ONNX Runtime, "
             "weights folded per domain at load), tables (union of channels + per-sample BN tables; weights held once), "
-            "or auto (routed for --target onnx, tables for trt)."
+            "or auto (routed for --target onnx with several domains of a per-domain method; tables for --target trt, "
+            "one domain, or dgprune/feature runs, whose domains share one network)."
         ),
     ] = "auto",
     precision: Annotated[str, typer.Option(help="fp32 or fp16 (fp16 is carried by the ONNX file).")] = "fp32",

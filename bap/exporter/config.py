@@ -27,7 +27,8 @@ class ExportConfig:
         target: ``onnx`` (ONNX files only) or ``trt`` (also a TensorRT engine, built on this machine).
         graph: how the multi-domain graph is laid out (:mod:`bap.exporter.layouts`): ``tables`` (per-sample
             gathered affine tables over the union of channels), ``routed`` (per-domain branches over shared
-            weights) or ``auto`` (``routed`` for ONNX exports of per-domain methods, else ``tables``).
+            weights) or ``auto`` (``routed`` for ONNX exports of per-domain methods serving several domains, else
+            ``tables``).
         precision: ``fp32`` or ``fp16`` (fp16 is carried by the ONNX file: TensorRT 11 is strongly typed).
         domains: domains the compact model serves (empty = all); naming exactly one also writes its
             specialised model.

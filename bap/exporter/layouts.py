@@ -21,12 +21,13 @@ from typing import Any, Protocol
 import onnx
 import torch
 
-from bap.core.compact import ChannelPlan, build_compact, build_specialised, count_conv_macs
+from bap.core.compact import ChannelPlan, SpecialisedNet, build_compact, build_specialised, count_conv_macs
 from bap.core.metrics import backbone_size, param_bits
 from bap.core.multidomain import MultiDomainNet
 from bap.core.registry import Registry
+from bap.exporter.routed import BranchConv, branch_convs, route_branches, routed_stats
 
-__all__ = ["LAYOUTS", "Built", "LayoutJob", "resolve_layout"]
+__all__ = ["LAYOUTS", "Branch", "Built", "LayoutJob", "export_single", "resolve_layout"]
 
 LAYOUTS: Registry = Registry("graph layout", "--graph")
 
@@ -47,14 +48,37 @@ class LayoutJob:
 
 
 @dataclass
+class Branch:
+    """One domain's branch of a routed model: its specialised network, conv provenance and (once exported) ONNX."""
+
+    net: SpecialisedNet
+    convs: dict[str, BranchConv]
+    proto: onnx.ModelProto | None = None
+
+
+@dataclass
 class Built:
-    """A laid-out model: executed MACs per served domain, parameter accounting, extra manifest facts."""
+    """A laid-out model, measured.
+
+    Attributes:
+        macs: conv MACs one sample of each served domain executes.
+        params: parameter accounting (``param_bits`` keys plus ``loaded_params``: floats held after the runtime
+            has folded constant subgraphs, BN still counted as 2 floats per channel).
+        plans: the channel plans samples execute (tables: the union plan; routed: one per branch), for the
+            per-stage summary.
+        stored: per conv, (output, input) channels of the weights stored in the file.
+        facts: extra manifest facts.
+        module: the traced network (tables).
+        branches: per domain (routed).
+    """
 
     macs: dict[str, int]
     params: dict[str, Any]
+    plans: list[ChannelPlan]
+    stored: dict[str, tuple[int, int]]
     facts: dict[str, Any] = field(default_factory=dict)
     module: Any = None
-    branches: dict[str, tuple[torch.nn.Module, onnx.ModelProto]] = field(default_factory=dict)
+    branches: dict[str, Branch] = field(default_factory=dict)
 
     @property
     def macs_mean(self) -> float:
@@ -100,8 +124,9 @@ class TablesLayout:
         executed = count_conv_macs(compact.body, compact.input(x0, 0), 0)
         positions = sum(len(lp.in_keep) for lp in job.plan.layers.values())
         pb = param_bits(job.model, compact.body, positions, shared_bn=job.shared_bn, num_domains=len(job.served))
-        pb["loaded_params"] = pb["model_params"]
-        return Built(dict.fromkeys(job.served, executed), pb, module=compact)
+        pb["loaded_params"] = pb["model_params"]  # nothing to fold: the runtime holds what the file stores
+        stored = {n: (len(lp.out_keep), len(lp.in_keep)) for n, lp in job.plan.layers.items()}
+        return Built(dict.fromkeys(job.served, executed), pb, [job.plan], stored, module=compact)
 
     def to_onnx(self, job: LayoutJob, built: Built) -> onnx.ModelProto:
         """Trace the compact network."""
@@ -115,47 +140,36 @@ class RoutedLayout:
 
     def build(self, job: LayoutJob) -> Built:
         """One specialised network per served domain; each sample executes its own domain's MACs."""
-        from bap.exporter.routed import branch_convs, routed_stats
-
         x0 = torch.zeros(1, 3, job.size, job.size)
-        nets, macs, convs = {}, {}, {}
+        branches, macs = {}, {}
         for name, row in zip(job.served, job.rows, strict=True):
             net = build_specialised(job.model, row, round_to=job.round_to, gather_threshold=job.gather_threshold)
-            nets[name] = net
+            branches[name] = Branch(net, branch_convs(net))
             macs[name] = count_conv_macs(net.body, net.input(x0, 0), 0)
-            convs[name] = branch_convs(net)
-        st = routed_stats(list(convs.values()))
+        st = routed_stats([b.convs for b in branches.values()])
         size = backbone_size(job.model)
-        bits = 32 * (st.shared_params + st.branch_bn_params) + (
-            0 if job.shared_bn else len(job.served) * st.switch_positions
-        )
-        loaded = sum(
-            p.numel() for net in nets.values() for m in net.body.modules()
-            if isinstance(m, torch.nn.Conv2d) for p in m.parameters(recurse=False)
-        )  # fmt: skip
+        switch_bits = 0 if job.shared_bn else len(job.served) * st.switch_positions
+        bits = 32 * (st.shared_params + st.branch_bn_params) + switch_bits
         pb = {
             "model_params": st.shared_params + st.branch_bn_params,
             "model_bits": bits,
             **size,
             "rel_params": bits / size["backbone_bits"],
-            "loaded_params": loaded,
+            # after folding, each branch holds its own convs and BN: the branch bodies, counted like the model
+            "loaded_params": sum(param_bits(job.model, b.net.body, 0)["model_params"] for b in branches.values()),
         }
         facts = {"shared_channels": {n: list(v) for n, v in st.shared_channels.items()}}
-        return Built(macs, pb, facts=facts, branches={n: (nets[n], None) for n in job.served})
+        plans = [b.net.plan for b in branches.values()]
+        return Built(macs, pb, plans, st.shared_channels, facts=facts, branches=branches)
 
     def to_onnx(self, job: LayoutJob, built: Built) -> onnx.ModelProto:
         """Export every branch, then compose them with shared weights (constant subgraphs are not folded)."""
         from bap.exporter.onnx_io import clean_graph
-        from bap.exporter.routed import branch_convs, route_branches
 
-        protos, convs = [], []
-        for name in job.served:
-            net, _ = built.branches[name]
-            proto = export_single(job, net)
-            built.branches[name] = (net, proto)
-            protos.append(proto)
-            convs.append(branch_convs(net))
+        for b in built.branches.values():
+            b.proto = export_single(job, b.net)
         backbone = {c.name: job.model.body.get_submodule(c.name).weight.detach().numpy() for c in job.model.graph.convs}
         k = [job.model.heads.num_classes[r] for r in job.rows]
-        model, _ = route_branches(protos, convs, backbone, k)
+        branches = [built.branches[n] for n in job.served]
+        model = route_branches([b.proto for b in branches], [b.convs for b in branches], backbone, k)
         return clean_graph(model, fold_constants=False)

@@ -68,23 +68,41 @@ def _layer_macs(kept_in: int, kept_out: int, conv) -> int:
     return kept_in * kept_out * conv.kernel[0] * conv.kernel[1] * conv.out_hw[0] * conv.out_hw[1]
 
 
-def plan_summary(graph, plan: ChannelPlan, on: torch.Tensor) -> list[dict[str, Any]]:
-    """Per stage: kept/total input and output channels, executed MACs, and each domain's own MACs."""
+def plan_summary(
+    graph,
+    plan: ChannelPlan,
+    on: torch.Tensor,
+    executed: list[ChannelPlan] | None = None,
+    stored: dict[str, tuple[int, int]] | None = None,
+) -> list[dict[str, Any]]:
+    """Per stage: stored/total input and output channels, executed MACs, and each domain's own MACs.
+
+    Args:
+        graph: the coupling analysis.
+        plan: the union plan of the served domains (``plan.domains`` names the columns).
+        on: their binary switches.
+        executed: the plans samples execute, averaged over an even mix of domains (default ``[plan]``; the
+            routed graph runs one plan per domain).
+        stored: per conv, (output, input) channels stored in the file (default: ``plan``'s).
+    """
+    executed = executed or [plan]
     rows: dict[str, dict[str, Any]] = {}
     domain_macs = [graph.masked_macs(row) for row in on]
     for c in graph.convs:
         lp = plan.layers[c.name]
+        n_out, n_in = stored[c.name] if stored else (len(lp.out_keep), len(lp.in_keep))
         r = rows.setdefault(
             stage_of(c.name),
             {"stage": stage_of(c.name), "convs": 0, "in_kept": 0, "in_total": 0, "out_kept": 0, "out_total": 0,
              "macs_executed": 0, "macs_backbone": 0, "macs": dict.fromkeys(plan.domains, 0)},
         )  # fmt: skip
         r["convs"] += 1
-        r["in_kept"] += len(lp.in_keep)
+        r["in_kept"] += n_in
         r["in_total"] += lp.in_total
-        r["out_kept"] += len(lp.out_keep)
+        r["out_kept"] += n_out
         r["out_total"] += lp.out_total
-        r["macs_executed"] += _layer_macs(len(lp.in_keep), len(lp.out_keep), c)
+        per_plan = [_layer_macs(len(p.layers[c.name].in_keep), len(p.layers[c.name].out_keep), c) for p in executed]
+        r["macs_executed"] += sum(per_plan) / len(per_plan)
         r["macs_backbone"] += _layer_macs(c.in_channels, c.out_channels, c)
         for d, per_conv in zip(plan.domains, domain_macs, strict=True):
             r["macs"][d] += per_conv[c.name]
@@ -171,7 +189,6 @@ def export(cfg: ExportConfig, callback: Callable[[str, str], None] | None = None
         priority=prio_all[rows],
         gather_threshold=cfg.gather_threshold,
     )
-    summary = plan_summary(graph, plan, on_all[rows])
     timings["plan"] = time.time() - t
     say("plan", f"{sum(len(lp.in_keep) for lp in plan.layers.values())}/{graph.num_switches} input channels kept")
 
@@ -187,6 +204,7 @@ def export(cfg: ExportConfig, callback: Callable[[str, str], None] | None = None
 
     job = LayoutJob(model, plan, rows, served, cfg.round_to, cfg.gather_threshold, size, shared_bn, to_onnx)
     built = layout.build(job)
+    summary = plan_summary(graph, plan, on_all[rows], built.plans, built.stored)
     x0 = torch.zeros(1, 3, size, size)
     spec_nets = {n: build_specialised(model, names.index(n), round_to=1) for n in served}
     macs = {n: count_conv_macs(m.body, m.input(x0, 0), 0) for n, m in spec_nets.items()}
@@ -217,8 +235,10 @@ def export(cfg: ExportConfig, callback: Callable[[str, str], None] | None = None
         files["backbone.onnx"] = f"unpruned backbone, domain {names[bb_row]}"
         spec_files = {}
         for n in specialise:
-            net, ms = built.branches.get(n, (None, None))  # the routed layout exported these already
-            if ms is None:
+            branch = built.branches.get(n)  # the routed graph has exported these already (same settings)
+            if branch is not None and branch.proto is not None:
+                net, ms = branch.net, branch.proto
+            else:
                 net = build_specialised(
                     model, names.index(n), round_to=cfg.round_to, gather_threshold=cfg.gather_threshold
                 )

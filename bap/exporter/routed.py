@@ -12,9 +12,14 @@ samples. Mixed-domain batches work; a domain absent from a batch runs on an empt
 
 Weights are stored once: per conv, the file holds the backbone's weights over the union of the channels any
 branch keeps, and every branch derives its folded weights from them with constant
-``Gather -> Gather -> Mul(column mask) -> Mul(BN scale)`` nodes. Runtimes fold these at load time, so the file
-stays as small as the tables layout while memory at run time holds every branch's folded weights
-(``params.loaded`` in the manifest). All functions here are pure over ``ModelProto`` and numpy arrays.
+``Gather -> Gather -> Mul(column mask) -> Mul(BN scale)`` nodes, checked to reproduce the branch's exported fp32
+weights bit for bit (an fp16 export derives them in fp16, within fp16 tolerance). Runtimes fold these nodes at
+load time, so the file stays as small as the tables layout while memory at run time holds every branch's folded
+weights (``params.loaded`` in the manifest).
+
+Contract of the ``domain`` input: one id per image, each in ``[0, D)``. An image whose id matches no branch gets a
+row of NaN (not the ``-inf`` padding), so a wrong id cannot pass for a prediction; ``bap.runtime`` refuses such
+ids before running. All functions here are pure over ``ModelProto`` and numpy arrays.
 """
 
 from __future__ import annotations
@@ -153,19 +158,20 @@ def route_branches(
     backbone: Mapping[str, np.ndarray],
     num_classes: Sequence[int],
     weight_name: str = "body.{}.weight",
-) -> tuple[onnx.ModelProto, RoutedStats]:
+) -> onnx.ModelProto:
     """Compose single-domain branch models into one routed multi-domain model with shared weights.
 
     Args:
-        branches: per served domain (in domain-id order), a model ``image [B,3,H,W] -> logits [B,K_d]``.
+        branches: per served domain, in the order of the ids the model takes (the served ``--domains`` list),
+            a model ``image [B,3,H,W] -> logits [B,K_d]``.
         convs: per branch, :func:`branch_convs` of the network it was exported from.
         backbone: the backbone's full conv weights by conv name.
         num_classes: ``K_d`` per branch.
         weight_name: initializer name of a conv's weight in the branch models.
 
     Returns:
-        The model (``image``, ``domain int64 [B]`` -> ``logits [B, K_max]``, ``-inf`` beyond each domain's classes)
-        and its sizes.
+        The model: ``image``, ``domain int64 [B]`` -> ``logits [B, K_max]``, ``-inf`` beyond each domain's classes,
+        NaN rows for ids that match no branch.
 
     Raises:
         ExportError: a branch's weights cannot be derived exactly from the shared tensors.
@@ -185,16 +191,21 @@ def route_branches(
     first = branches[0]
     opset = next(o.version for o in first.opset_import if o.domain in ("", "ai.onnx"))
     nodes: list[onnx.NodeProto] = []
-    # ---- routing prologue: rows of -inf, filled by each branch's ScatterND
+    # ---- routing prologue: one NaN row per image, overwritten by the branch its domain id selects
     inits += [
-        _const("route/neg_inf_row", np.full((1, k_max), -np.inf, np.float32)),
+        _const("route/nan_row", np.full((1, k_max), np.nan, np.float32)),
         _const("route/k", np.array([k_max], np.int64)),
         _const("route/flat", np.array([-1], np.int64)),
+        _const("route/zero", np.array([0], np.int64)),
+        _const("route/one", np.array([1], np.int64)),
     ]
     nodes += [
-        helper.make_node("Shape", [_DOMAIN], ["route/batch"], name="route/shape"),
+        helper.make_node("Shape", [_IMAGE], ["route/image_shape"], name="route/shape"),
+        helper.make_node(
+            "Slice", ["route/image_shape", "route/zero", "route/one"], ["route/batch"], name="route/batch"
+        ),
         helper.make_node("Concat", ["route/batch", "route/k"], ["route/out_shape"], axis=0, name="route/concat"),
-        helper.make_node("Expand", ["route/neg_inf_row", "route/out_shape"], ["route/acc0"], name="route/init"),
+        helper.make_node("Expand", ["route/nan_row", "route/out_shape"], ["route/acc0"], name="route/init"),
     ]
     acc = "route/acc0"
     for d, (model, bcs, k) in enumerate(zip(branches, convs, num_classes, strict=True)):
@@ -257,7 +268,7 @@ def route_branches(
     graph = helper.make_graph(nodes, "bap_routed", [image_in, domain_in], [logits], initializer=inits)
     out_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="bap")
     out_model.ir_version = first.ir_version
-    return out_model, routed_stats(convs)
+    return out_model
 
 
 def _renamed(t: TensorProto, name: str) -> TensorProto:

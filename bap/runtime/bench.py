@@ -355,7 +355,7 @@ def _result(cfg: BenchConfig, spec: dict, c: _Case, batch: int, size: int, num_d
         "role": spec["role"],
         "batch": batch,
         "file_mb": spec["file"].stat().st_size / 2**20,
-        "macs": int(spec["macs"]),
+        "macs": round(spec["macs"]),
         "params": _onnx_params(spec["file"]),
     }
     if c.error or not c.ms:

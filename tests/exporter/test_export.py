@@ -99,14 +99,23 @@ def test_kept_channels_equal_the_union_and_dead_chains_vanish(tmp_path, layout):
     for c in g.convs:
         union = torch.nonzero(on[:, c.offset : c.offset + c.in_channels].any(0)).flatten().tolist()
         assert kept[c.name]["in_keep"] == (union or kept[c.name]["in_keep"][:1])
-    # chain channels off in every domain are gone from producer and consumer in the ONNX weights
+    # chain channels off in every domain are gone from producer and consumer in the ONNX conv weights
     onnx_model = onnx.load(str(tmp_path / "e" / "model.onnx"))
-    shapes = sorted(tuple(t.dims) for t in onnx_model.graph.initializer if len(t.dims) == 4)
+    inits = {t.name: tuple(t.dims) for t in onnx_model.graph.initializer}
+    if layout == "tables":
+        weight = {c.name: inits[f"body.{c.name}.weight"] for c in g.convs}
+    else:  # every conv weight is stored once, as the shared tensor the branches derive theirs from
+        weight = {c.name: inits[f"shared.{c.name}.weight"] for c in g.convs}
+        stored = res.manifest["graph_facts"]["shared_channels"]
+        assert all(list(weight[c.name][:2]) == stored[c.name] for c in g.convs)
+    summary_in = sum(r["in_kept"] for r in res.manifest["plan_summary"])
+    assert summary_in == sum(w[1] for w in weight.values())  # the stage table describes what is stored
     for c in g.convs:
         if c.kind == "chain":
             n = kept[c.name]["in_kept"]
             assert kept[c.producer]["out_kept"] == n
-            assert any(s[1] == n for s in shapes) and any(s[0] == n for s in shapes)
+            if n > 1:  # (a conv keeps one channel where no domain uses any; branches may each keep another)
+                assert weight[c.name][1] == weight[c.producer][0] == n
 
 
 def test_manifest_round_trips_and_is_embedded(tiny_export):
@@ -220,3 +229,38 @@ def test_auto_layout():
     from bap.exporter.config import GRAPH_CHOICES
 
     assert set(GRAPH_CHOICES) == {"auto", *LAYOUTS.names()}
+
+
+def test_routed_serves_a_domain_subset_in_any_order_and_flags_bad_ids(tmp_path):
+    run_dir, suite = _synthetic_run(tmp_path, "test_bottleneck", seed=2)
+    out = tmp_path / "sub"
+    res = export(
+        ExportConfig(
+            run_dir=str(run_dir),
+            out=str(out),
+            domains=("textures", "mnist"),
+            graph="routed",
+            opset=13,
+            round_to=8,
+            validation_images=4,
+        )
+    )
+    assert res.manifest["graph"] == "routed" and res.manifest["validation"]["passed"]
+    model = load_run(run_dir).model
+    names = [d.name for d in suite]
+    sess = ort_session(out / "model.onnx")
+    doms = {d.name: d for d in suite}
+    xs = [eval_view(doms[n].test.get_batch(torch.arange(3))[0], doms[n].preprocess) for n in ("textures", "mnist")]
+    x = torch.cat(xs)
+    ids = np.array([0, 0, 0, 1, 1, 1])  # ids index the served list, not the run's domains
+    got = sess.run(["logits"], {"image": x.numpy(), "domain": ids})[0]
+    ref = model(x, torch.tensor([names.index("textures")] * 3 + [names.index("mnist")] * 3)).detach().numpy()
+    for i, n in enumerate(["textures"] * 3 + ["mnist"] * 3):
+        k = doms[n].num_classes
+        np.testing.assert_allclose(got[i, :k], ref[i, :k], atol=1e-4, rtol=0)
+        assert np.isneginf(got[i, k:]).all()
+    # an id that matches no branch yields NaN, never a plausible row; a short domain vector leaves NaN rows
+    bad = sess.run(["logits"], {"image": x[:2].numpy(), "domain": np.array([1, 7])})[0]
+    assert np.isfinite(bad[0, : doms["mnist"].num_classes]).all() and np.isnan(bad[1]).all()
+    short = sess.run(["logits"], {"image": x[:3].numpy(), "domain": np.array([0, 1])})[0]
+    assert short.shape[0] == 3 and np.isnan(short[2]).all()
