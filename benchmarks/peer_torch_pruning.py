@@ -102,8 +102,10 @@ def train_domain(net, dom, steps: int, batch: int, cfg, freedom: str, seed: int)
     import torch
     import torch.nn.functional as F
 
+    from bap.core.seeding import generator
+    from bap.data.transforms import augment
     from bap.trainer.finalize import evaluate
-    from bap.trainer.sampling import augment, epoch_indices, generator
+    from bap.trainer.sampling import epoch_indices
 
     for p in net.parameters():
         p.requires_grad_(freedom == "tp-full")

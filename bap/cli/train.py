@@ -203,7 +203,7 @@ def pretrain(
     from bap.core.env import resolve_device
     from bap.data import load_domains
     from bap.models.backbones import BACKBONES
-    from bap.models.pretrain import ensure_pretrained
+    from bap.trainer.pretrain import ensure_pretrained
 
     setup_logging(verbose, quiet)
     BACKBONES.get(backbone)

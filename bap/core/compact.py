@@ -43,6 +43,7 @@ __all__ = [
     "build_compact",
     "build_specialised",
     "count_conv_macs",
+    "net_macs",
     "plan_channels",
 ]
 
@@ -476,7 +477,7 @@ def build_specialised(
     on = model.switches.binary()[domain : domain + 1]
     if all_on:
         on = torch.ones_like(on)
-    prio = torch.stack([t.detach() for t in model.switches.logits])[domain : domain + 1]
+    prio = model.switches.priority()[domain : domain + 1]
     plan = plan_channels(model.graph, on, [name], round_to=round_to, priority=prio, gather_threshold=gather_threshold)
     body = _fold_affine_into_convs(_rewrite_body(model, plan, [domain]))
     head = copy.deepcopy(model.heads.heads[domain]).requires_grad_(False)
@@ -503,3 +504,8 @@ def count_conv_macs(module: nn.Module, *inputs: Any) -> int:
                 except AttributeError:
                     pass
     return int(macs)
+
+
+def net_macs(net: CompactNet | SpecialisedNet, size: int) -> int:
+    """Conv MACs of one ``size`` x ``size`` sample through a compact or specialised network (domain 0's input)."""
+    return count_conv_macs(net.body, net.input(torch.zeros(1, 3, size, size), 0), 0)

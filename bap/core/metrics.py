@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bap.core.compact import DomainAffine, build_compact, build_specialised, count_conv_macs, plan_channels
+from bap.core.compact import DomainAffine, build_compact, build_specialised, net_macs, plan_channels
 from bap.core.multidomain import MultiDomainNet
 
 __all__ = ["backbone_size", "budget_usage", "param_bits", "s_score", "sharing_fractions", "structure_metrics"]
@@ -117,20 +117,19 @@ def structure_metrics(
     """
     names = [d.name for d in model.domains]
     on = model.switches.binary()
-    prio = torch.stack([t.detach() for t in model.switches.logits])
+    prio = model.switches.priority()
     usage = budget_usage(on, mac_weights)
     and_f, or_f = sharing_fractions(on)
     plan = plan_channels(model.graph, on, names, round_to=round_to, priority=prio)
     compact = build_compact(model, plan)
     size = model.graph.input_size
-    x = torch.zeros(1, 3, size, size)
     backbone_macs = model.graph.total_macs
-    executed = count_conv_macs(compact.body, compact.input(x, 0), 0)
+    executed = net_macs(compact, size)
     idx = list(domains) if domains is not None else list(range(len(names)))
     macs: dict[str, int] = {}
     for i in idx:
         spec = build_specialised(model, i, round_to=1)
-        macs[names[i]] = count_conv_macs(spec.body, spec.input(x, 0), 0)
+        macs[names[i]] = net_macs(spec, size)
     positions = sum(len(lp.in_keep) for lp in plan.layers.values())
     params = param_bits(model, compact.body, positions, shared_bn=shared_bn)
     # BA2's own accounting, without pruning: the whole backbone + every domain's BN tables and M switch bits

@@ -89,6 +89,13 @@ class SwitchBank(nn.Module):
         """Bool ``[D, M]``: which switches are on."""
         return torch.stack([t.detach() > 0 for t in self.logits])
 
+    def priority(self) -> torch.Tensor:
+        """Float ``[D, M]``: the switch logits, detached; how strongly each domain wants each channel.
+
+        The exporter uses it to choose which extra channels to keep when it rounds a layer's width up.
+        """
+        return torch.stack([t.detach() for t in self.logits])
+
     @torch.no_grad()
     def set_binary_(self, on: torch.Tensor, magnitude: float = SWITCH_INIT) -> None:
         """Set every switch to ``+magnitude`` (on) or ``-magnitude`` (off) from a bool ``[D, M]``."""

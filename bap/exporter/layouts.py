@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import onnx
 import torch
 
-from bap.core.compact import ChannelPlan, SpecialisedNet, build_compact, build_specialised, count_conv_macs
+from bap.core.compact import ChannelPlan, SpecialisedNet, build_compact, build_specialised, net_macs
 from bap.core.metrics import backbone_size, param_bits
 from bap.core.multidomain import MultiDomainNet
 from bap.core.registry import Registry
@@ -120,8 +120,7 @@ class TablesLayout:
     def build(self, job: LayoutJob) -> Built:
         """The compact network; every sample executes the union's MACs."""
         compact = build_compact(job.model, job.plan)
-        x0 = torch.zeros(1, 3, job.size, job.size)
-        executed = count_conv_macs(compact.body, compact.input(x0, 0), 0)
+        executed = net_macs(compact, job.size)
         positions = sum(len(lp.in_keep) for lp in job.plan.layers.values())
         pb = param_bits(job.model, compact.body, positions, shared_bn=job.shared_bn, num_domains=len(job.served))
         pb["loaded_params"] = pb["model_params"]  # nothing to fold: the runtime holds what the file stores
@@ -140,12 +139,11 @@ class RoutedLayout:
 
     def build(self, job: LayoutJob) -> Built:
         """One specialised network per served domain; each sample executes its own domain's MACs."""
-        x0 = torch.zeros(1, 3, job.size, job.size)
         branches, macs = {}, {}
         for name, row in zip(job.served, job.rows, strict=True):
             net = build_specialised(job.model, row, round_to=job.round_to, gather_threshold=job.gather_threshold)
             branches[name] = Branch(net, branch_convs(net))
-            macs[name] = count_conv_macs(net.body, net.input(x0, 0), 0)
+            macs[name] = net_macs(net, job.size)
         st = routed_stats([b.convs for b in branches.values()])
         size = backbone_size(job.model)
         switch_bits = 0 if job.shared_bn else len(job.served) * st.switch_positions

@@ -19,9 +19,10 @@ from typing import Any
 import onnx
 import torch
 
-from bap.core.compact import ChannelPlan, build_specialised, count_conv_macs, plan_channels
+from bap.core.compact import ChannelPlan, build_specialised, net_macs, plan_channels
 from bap.core.env import versions
 from bap.core.io import atomic_write_bytes, atomic_write_json, file_sha256, publish_dir, staging_dir
+from bap.data.transforms import eval_view
 from bap.errors import ConfigError, ValidationError
 from bap.exporter.config import ExportConfig
 from bap.exporter.layouts import LAYOUTS, LayoutJob, export_single, resolve_layout
@@ -36,8 +37,7 @@ from bap.exporter.validate import (
     within_tolerance,
 )
 from bap.trainer.artifacts import LoadedRun, load_run
-from bap.trainer.config import SHARED_METHODS, budget_key
-from bap.trainer.sampling import eval_view
+from bap.trainer.config import budget_key
 
 __all__ = ["ExportResult", "export", "plan_summary", "stage_of"]
 
@@ -180,7 +180,7 @@ def export(cfg: ExportConfig, callback: Callable[[str, str], None] | None = None
     _check_out_dir(out)
     rows = [names.index(n) for n in served]
     on_all = model.switches.binary()
-    prio_all = torch.stack([p.detach() for p in model.switches.logits])
+    prio_all = model.switches.priority()
     plan = plan_channels(
         graph,
         on_all[rows],
@@ -195,7 +195,7 @@ def export(cfg: ExportConfig, callback: Callable[[str, str], None] | None = None
     # ------------------------------------------------------------------ build + measure
     t = time.time()
     size = graph.input_size
-    shared_bn = run.config.method in SHARED_METHODS
+    shared_bn = run.shared_network
     layout_name = resolve_layout(cfg.graph, cfg.target, shared_bn, len(served))
     layout = LAYOUTS.get(layout_name)()
 
@@ -205,9 +205,8 @@ def export(cfg: ExportConfig, callback: Callable[[str, str], None] | None = None
     job = LayoutJob(model, plan, rows, served, cfg.round_to, cfg.gather_threshold, size, shared_bn, to_onnx)
     built = layout.build(job)
     summary = plan_summary(graph, plan, on_all[rows], built.plans, built.stored)
-    x0 = torch.zeros(1, 3, size, size)
     spec_nets = {n: build_specialised(model, names.index(n), round_to=1) for n in served}
-    macs = {n: count_conv_macs(m.body, m.input(x0, 0), 0) for n, m in spec_nets.items()}
+    macs = {n: net_macs(m, size) for n, m in spec_nets.items()}
     backbone_macs = graph.total_macs
     executed = built.macs_mean
     pb = built.params
@@ -245,7 +244,7 @@ def export(cfg: ExportConfig, callback: Callable[[str, str], None] | None = None
                 ms = export_single(job, net)
             fname = f"specialised-{_safe(n)}.onnx"
             _save(convert_fp16(ms) if cfg.precision == "fp16" else ms, stage / fname)
-            spec_files[n] = {"file": fname, "macs": count_conv_macs(net.body, net.input(x0, 0), 0)}
+            spec_files[n] = {"file": fname, "macs": net_macs(net, size)}
             spec_files[n]["rel_macs"] = spec_files[n]["macs"] / backbone_macs
             files[fname] = f"specialised to {n}"
         timings["export"] = time.time() - t

@@ -1,4 +1,4 @@
-"""Backbone zoo (a registry) and backbone pretraining on a source domain."""
+"""Backbone zoo (a registry); pretraining on a source domain lives in :mod:`bap.trainer.pretrain`."""
 
 from bap.models.backbones import BACKBONES, BackboneSpec, create_backbone, list_backbones
 

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from bap.core.metrics import s_score
+from bap.data.transforms import eval_view
 from bap.runtime.api import Model
-from bap.trainer.sampling import eval_view
 
 __all__ = ["evaluate_export"]
 

@@ -208,6 +208,13 @@ class LoadedRun:
     domain_docs: list[dict[str, Any]]
 
     @property
+    def shared_network(self) -> bool:
+        """True for methods that train one network for all domains (no per-domain switches or BN)."""
+        from bap.trainer.config import SHARED_METHODS
+
+        return self.config.method in SHARED_METHODS
+
+    @property
     def run_hash(self) -> str:
         """SHA-256 of the budget's state file (identifies what an export was made from)."""
         return file_sha256(RunDir(self.run_dir).state_path(self.budget))

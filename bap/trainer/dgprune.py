@@ -33,8 +33,9 @@ from torch import nn
 from bap.core.graph import CouplingGraph
 from bap.core.metrics import structure_metrics
 from bap.core.multidomain import DomainSpec, MultiDomainNet, build_multidomain
+from bap.core.seeding import derive_seed, generator
+from bap.data.transforms import eval_view
 from bap.data.types import Domain
-from bap.trainer.sampling import derive_seed, eval_view, generator
 from bap.trainer.tasks import TASKS, _accuracy_block, _Task, _with_scores
 
 __all__ = [

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 import torch
 
 from bap.core.multidomain import MultiDomainNet
+from bap.core.seeding import generator
+from bap.data.transforms import eval_view
 from bap.data.types import Domain
-from bap.trainer.sampling import eval_view, generator
 
 __all__ = ["evaluate", "project_to_budget_", "recalibrate_bn_"]
 

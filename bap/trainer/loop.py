@@ -177,7 +177,7 @@ def _train_locked(cfg, run: RunDir, doc, domains: DomainSet, device, dist: DistC
     if doc is None:
         weights_source = cfg.weights
         if weights_source is None:
-            from bap.models.pretrain import ensure_pretrained
+            from bap.trainer.pretrain import ensure_pretrained
 
             if dist.is_main:
                 path, info = ensure_pretrained(cfg.backbone, domains, cfg.pretrain_epochs, cfg.seed, device, cb)

@@ -20,12 +20,12 @@ from bap.core.graph import CouplingGraph
 from bap.core.metrics import s_score, structure_metrics
 from bap.core.multidomain import DomainSpec, MultiDomainNet, build_multidomain
 from bap.core.registry import Registry
+from bap.core.seeding import derive_seed, generator
 from bap.data.types import DomainSet
 from bap.trainer.config import TrainConfig
 from bap.trainer.distributed import DistContext
 from bap.trainer.finalize import evaluate, project_to_budget_, recalibrate_bn_
 from bap.trainer.objectives import lagrange_step, switch_step_losses
-from bap.trainer.sampling import derive_seed, generator
 
 __all__ = ["TASKS", "FeatureTask", "FinetuneTask", "SwitchTask", "TaskContext", "batch_for", "steps_per_epoch"]
 
@@ -378,7 +378,7 @@ def steps_per_epoch(cfg: TrainConfig, domains: DomainSet) -> int:
 
 def batch_for(ctx: TaskContext, d: int, idx: torch.Tensor, aug_parts: tuple) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's shard of a global batch of domain ``d``, augmented."""
-    from bap.trainer.sampling import augment
+    from bap.data.transforms import augment
 
     dom = ctx.domains[d]
     idx = idx[ctx.dist.rank :: ctx.dist.world]

@@ -9,13 +9,13 @@ from bap.core.compact import plan_channels
 from bap.core.graph import analyze
 from bap.core.multidomain import DomainSpec, build_multidomain
 from bap.data.suite import build_suite
+from bap.data.transforms import eval_view
 from bap.exporter import ExportConfig, export, read_manifest
 from bap.exporter.manifest import manifest_from_onnx
 from bap.exporter.validate import ort_session
 from bap.models import create_backbone
 from bap.testing import random_switches_, write_run_dir
 from bap.trainer import load_run
-from bap.trainer.sampling import eval_view
 
 
 def _synthetic_run(tmp_path, backbone, seed=0, domains=("mnist", "faces", "textures")):

@@ -6,10 +6,10 @@ import torch
 from PIL import Image
 
 import bap.runtime as rt
+from bap.data.transforms import eval_view
 from bap.errors import IncompatibleArtifactError, InputError
 from bap.runtime.evaluate import evaluate_export
 from bap.trainer import load_run
-from bap.trainer.sampling import eval_view
 
 
 @pytest.fixture(scope="module")

@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from bap.core.io import atomic_write_json, file_sha256, save_state_dict
+from bap.core.seeding import derive_seed, generator
 from bap.data.suite import cache_dir
+from bap.data.transforms import augment, eval_view
 from bap.data.types import Domain, DomainSet
 from bap.models.backbones import create_backbone
-from bap.trainer.sampling import augment, derive_seed, eval_view, generator
 
 __all__ = ["UNION", "ensure_pretrained", "pretrain_backbone", "pretrained_path", "source_domains"]
 
