@@ -13,6 +13,7 @@ __all__ = [
     "ExportError",
     "IncompatibleArtifactError",
     "InputError",
+    "IntegrityError",
     "MissingDependencyError",
     "RunLockedError",
     "UnsupportedDeviceError",
@@ -51,6 +52,10 @@ class DataError(BapError):
 
 class IncompatibleArtifactError(BapError):
     """A run directory, export, manifest or checkpoint is missing, corrupt, foreign or of another version."""
+
+
+class IntegrityError(IncompatibleArtifactError):
+    """A file of an export does not match the size or sha256 its manifest records (truncated or modified)."""
 
 
 class InputError(BapError):
