@@ -1,10 +1,15 @@
-"""Shared fixtures: a hermetic bap cache, CPU-only settings, and one tiny trained run reused by many tests."""
+"""Shared fixtures: a hermetic bap cache, CPU-only settings, one tiny trained run reused by many tests, ``run_cli``.
+
+Tests get what they share from fixtures here (never ``from conftest import ...``): ``run_cli`` runs ``bap ARGS``
+in-process, ``repo_root`` is the checkout. Nothing here touches ``sys.path``.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -21,9 +26,10 @@ def _bap_cache(tmp_path_factory):
     path = tmp_path_factory.mktemp("bap-cache")
     old = os.environ.get("BAP_CACHE_DIR")
     os.environ["BAP_CACHE_DIR"] = str(path)
-    import torch
+    if importlib.util.find_spec("torch") is not None:  # a runtime-only install (no torch) runs its tests too
+        import torch
 
-    torch.set_num_threads(2)
+        torch.set_num_threads(2)
     yield path
     if old is None:
         os.environ.pop("BAP_CACHE_DIR", None)
@@ -32,16 +38,10 @@ def _bap_cache(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip hardware-marked tests where the hardware is absent."""
-    import importlib.util
+    """Skip hardware-marked tests where the hardware is absent (the same detection ``bap bench`` uses)."""
+    from bap.runtime.devices import cuda_present
 
-    has_cuda = False
-    try:
-        import torch
-
-        has_cuda = torch.cuda.is_available()
-    except Exception:
-        pass
+    has_cuda = cuda_present()
     has_trt = importlib.util.find_spec("tensorrt") is not None and has_cuda
     is_jetson = Path("/etc/nv_tegra_release").exists()
     for item in items:
@@ -94,19 +94,35 @@ def tiny_export(tiny_run, tmp_path_factory):
     return out, res
 
 
-def run_cli(args, capsys=None):
-    """Run ``bap ARGS`` in-process; return (exit code, stdout, stderr)."""
+class CliResult(NamedTuple):
+    """What ``bap ARGS`` did: exit code, captured stdout / stderr, and the exception the CLI reported (or None)."""
+
+    code: int
+    out: str
+    err: str
+    error: BaseException | None
+
+
+def _run_cli(args, capsys=None) -> CliResult:
     from bap.cli.main import main
 
-    code = 0
+    code, error = 0, None
     try:
         main([str(a) for a in args])
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    if capsys is not None:
-        out, err = capsys.readouterr()
-        return code, out, err
-    return code, "", ""
+        error = e.__context__  # main() exits from inside ``except``: the exception it reported, if any
+    out, err = capsys.readouterr() if capsys is not None else ("", "")
+    return CliResult(code, out, err, error)
 
 
-sys.path.insert(0, str(Path(__file__).parent))
+@pytest.fixture
+def run_cli(capsys):
+    """``run_cli(ARGS)`` runs ``bap ARGS`` in-process and returns a :class:`CliResult` (code, out, err, error)."""
+    return lambda args: _run_cli(args, capsys)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The checkout (``docs/``, ``pyproject.toml``, ``bap/``)."""
+    return ROOT

@@ -5,13 +5,32 @@ Commands are registered here; each lives in its own module and only builds a con
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import sys
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import typer
 
 from bap import __version__
 
-__all__ = ["app", "main"]
+__all__ = ["TRAIN_EXTRA", "app", "main", "missing_train_extra", "require_train_extra"]
+
+# Modules of the ``train`` extra (import name -> what to call it) and the commands that need them. The base install
+# is the runtime (ONNX Runtime, numpy): ``bap eval / predict / bench`` and ``--help`` work without any of these.
+TRAIN_EXTRA: dict[str, str] = {
+    "torch": "PyTorch",
+    "torchvision": "torchvision",
+    "safetensors": "safetensors",
+    "thop": "ultralytics-thop",
+    "onnx": "onnx",
+    "onnx_graphsurgeon": "onnx-graphsurgeon",
+    "mlxtend": "mlxtend",
+    "sklearn": "scikit-learn",
+    "skimage": "scikit-image",
+}
+NEEDS_TRAIN_EXTRA = ("train", "pretrain", "export", "models", "data list")
 
 app = typer.Typer(
     name="bap",
@@ -42,13 +61,62 @@ def _root(
     """Budget-aware pruning for multi-domain CNNs."""
 
 
+def missing_train_extra(modules: Iterable[str] = TRAIN_EXTRA) -> list[str]:
+    """Names of the ``train`` extra's packages this install lacks (found without importing them)."""
+    missing = []
+    for mod in modules:
+        try:
+            found = importlib.util.find_spec(mod) is not None
+        except (ImportError, ValueError):  # a broken or blocked package counts as absent
+            found = False
+        if not found:
+            missing.append(TRAIN_EXTRA.get(mod, mod))
+    return missing
+
+
+def require_train_extra(command: str) -> None:
+    """Raise a one-line :class:`~bap.errors.MissingDependencyError` if ``bap COMMAND`` cannot run on this install."""
+    missing = missing_train_extra()
+    if missing:
+        from bap.errors import MissingDependencyError
+
+        # PyTorch is the one to name when it is missing (the extra brings the rest); otherwise name what is missing
+        what = "PyTorch" if "PyTorch" in missing else ", ".join(missing)
+        raise MissingDependencyError(
+            f"bap {command} needs {what}, which this install lacks", "pip install 'bap[train]'"
+        )
+
+
+def _needs_train_extra(command: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` behind the dependency check; the signature (typer's options) and --help are unchanged."""
+
+    @functools.wraps(fn)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        require_train_extra(command)
+        return fn(*args, **kwargs)
+
+    return checked
+
+
+def _guard(typer_app: typer.Typer, prefix: str = "") -> None:
+    for info in typer_app.registered_commands:
+        name = f"{prefix}{info.name or info.callback.__name__}"
+        if name in NEEDS_TRAIN_EXTRA and info.callback is not None:
+            info.callback = _needs_train_extra(name, info.callback)
+    for group in typer_app.registered_groups:
+        _guard(group.typer_instance, f"{prefix}{group.name} ")
+
+
 def _register() -> None:
+    # The command modules import their libraries (torch, onnxruntime, ...) inside the command functions, so
+    # registering them is cheap and works on a runtime-only install.
     from bap.cli import data, export, runtime, train
 
     data.register(app)
     train.register(app)
     export.register(app)
     runtime.register(app)
+    _guard(app)
 
 
 _register()
