@@ -16,6 +16,7 @@ __all__ = [
     "IntegrityError",
     "MissingDependencyError",
     "RunLockedError",
+    "TrainingInterrupted",
     "UnsupportedDeviceError",
     "ValidationError",
 ]
@@ -82,3 +83,15 @@ class UnsupportedDeviceError(BapError):
 
 class RunLockedError(BapError):
     """Another live process holds the run directory."""
+
+
+class TrainingInterrupted(BapError):
+    """SIGINT stopped ``bap train`` after its checkpoint was written; ``bap train --resume`` continues.
+
+    Exit code 130 (128 + SIGINT), as a shell reports a process stopped by Ctrl-C.
+    """
+
+    exit_code = 130
+
+    def __init__(self, problem: str, fix: str | None = "checkpoint saved, continue with --resume"):
+        super().__init__(problem, fix)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bap.errors import BapError
+from bap.errors import BapError, TrainingInterrupted
 
 __all__ = ["crash_log_dir", "report_error"]
 
@@ -25,13 +25,13 @@ def crash_log_dir() -> Path:
 
 def report_error(exc: BaseException) -> int:
     """Print ``exc`` for a user and return the process exit code."""
+    if isinstance(exc, TrainingInterrupted):  # not a mistake: the user stopped it, and can continue
+        err_console.print(f"[yellow]interrupted:[/] {exc.one_line()}", markup=True)
+        return exc.exit_code
     if isinstance(exc, BapError):
         err_console.print(f"[bold red]error:[/] {exc.one_line()}", markup=True, highlight=False)
         return exc.exit_code
     name = type(exc).__name__
-    if name == "TrainingInterrupted":
-        err_console.print(f"[yellow]interrupted:[/] {exc}; checkpoint saved, continue with --resume", markup=True)
-        return 130
     mro = {c.__name__ for c in type(exc).__mro__}
     if "NoArgsIsHelpError" in mro:  # help was printed already
         return 0

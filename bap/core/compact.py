@@ -262,15 +262,19 @@ class CompactHead(nn.Module):
         return torch.gather(z, 1, idx).reshape(-1, self.k_max)  # not squeeze(1): it exports as an If
 
 
-class CompactNet(nn.Module):
-    """The compact multi-domain network: ``(image [B,3,H,W] in [0,1], domain int64 [B]) -> logits [B, K_max]``."""
+class _PlannedNet(nn.Module):
+    """Input affine, rewritten body and head of a network built from a :class:`ChannelPlan`."""
 
-    def __init__(self, inp: CompactInput, body: fx.GraphModule, head: CompactHead, plan: ChannelPlan):
+    def __init__(self, inp: CompactInput, body: fx.GraphModule, head: nn.Module, plan: ChannelPlan):
         super().__init__()
         self.input = inp
         self.body = body
         self.head = head
         self.plan = plan
+
+
+class CompactNet(_PlannedNet):
+    """The compact multi-domain network: ``(image [B,3,H,W] in [0,1], domain int64 [B]) -> logits [B, K_max]``."""
 
     def features(self, image: torch.Tensor, domain: int | torch.Tensor) -> torch.Tensor:
         """Pooled features."""
@@ -281,15 +285,8 @@ class CompactNet(nn.Module):
         return self.head(self.features(image, domain), domain)
 
 
-class SpecialisedNet(nn.Module):
+class SpecialisedNet(_PlannedNet):
     """One domain only: its channels, BN folded into the convs, no ``domain`` input."""
-
-    def __init__(self, inp: CompactInput, body: fx.GraphModule, head: nn.Linear, plan: ChannelPlan):
-        super().__init__()
-        self.input = inp
-        self.body = body
-        self.head = head
-        self.plan = plan
 
     def features(self, image: torch.Tensor) -> torch.Tensor:
         """Pooled features."""
@@ -331,51 +328,62 @@ def _set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
     setattr(gm.get_submodule(parent) if parent else gm, leaf, module)
 
 
+def _replace_gate(gm: fx.GraphModule, node: fx.Node, plan: ChannelPlan, tag: int) -> None:
+    """Replace an ``apply_gate`` node by the stream conv's channel gather and per-domain gate (if needed)."""
+    g = gm.graph
+    lp = plan.layers[str(next(iter(node.users)).target)]
+    x = node.args[0]
+    if lp.kind == "stream":
+        if lp.gathers_input:
+            name = f"bap_gather_{tag}"
+            gm.add_submodule(name, ChannelGather(lp.in_keep))
+            with g.inserting_before(node):
+                x = g.call_module(name, (x,))
+        if not bool(lp.gate.all()):
+            name = f"bap_gate_{tag}"
+            gm.add_submodule(name, DomainGate(lp.gate))
+            domain = next(n for n in g.nodes if n.op == "placeholder" and n.target == "domain")
+            with g.inserting_before(node):
+                x = g.call_module(name, (x, domain))
+    node.replace_all_uses_with(x)
+    g.erase_node(node)
+
+
+def _replace_module(
+    gm: fx.GraphModule, target: str, plan: ChannelPlan, rows: list[int], fold_gate: dict[str, torch.Tensor]
+) -> None:
+    """Slice a conv to its kept channels; turn a per-domain BN into the served rows' affine table."""
+    mod = gm.get_submodule(target)
+    if isinstance(mod, nn.Conv2d):
+        lp = plan.layers[target]
+        _set_module(gm, target, _sliced_conv(mod, lp.in_keep, lp.out_keep, lp.zero_cols))
+    elif isinstance(mod, DomainBatchNorm):
+        keep = list(plan.bn_keep[target])
+        a, b = mod.affine()
+        a, b = a[rows][:, keep], b[rows][:, keep]
+        gate = fold_gate.get(target)
+        if gate is not None:  # a chain conv's switches act on its producer's BN output: fold them in
+            a, b = a * gate, b * gate
+        _set_module(gm, target, DomainAffine(a, b))
+
+
 def _rewrite_body(model: MultiDomainNet, plan: ChannelPlan, rows: list[int]) -> fx.GraphModule:
     """Pure rewrite of ``model.body`` into the compact body for domain rows ``rows`` (model is not modified)."""
     gm = copy.deepcopy(model.body)
     g = gm.graph
-    fold_gate: dict[str, torch.Tensor] = {}
-    for c in model.graph.convs:
-        if c.kind == "chain":
-            fold_gate[c.fold_bn] = plan.layers[c.name].gate.float()  # type: ignore[index]
+    fold_gate = {
+        c.fold_bn: plan.layers[c.name].gate.float() for c in model.graph.convs if c.kind == "chain" and c.fold_bn
+    }
     s_node = None
-    counter = 0
+    tag = 0
     for node in list(g.nodes):
         if node.op == "placeholder" and node.target == "s":
             s_node = node
         elif node.op == "call_function" and node.target is apply_gate:
-            conv_node = next(iter(node.users))
-            lp = plan.layers[str(conv_node.target)]
-            x = node.args[0]
-            if lp.kind == "stream":
-                counter += 1
-                if lp.gathers_input:
-                    name = f"bap_gather_{counter}"
-                    gm.add_submodule(name, ChannelGather(lp.in_keep))
-                    with g.inserting_before(node):
-                        x = g.call_module(name, (x,))
-                if not bool(lp.gate.all()):
-                    name = f"bap_gate_{counter}"
-                    gm.add_submodule(name, DomainGate(lp.gate))
-                    domain = next(n for n in g.nodes if n.op == "placeholder" and n.target == "domain")
-                    with g.inserting_before(node):
-                        x = g.call_module(name, (x, domain))
-            node.replace_all_uses_with(x)
-            g.erase_node(node)
+            tag += int(plan.layers[str(next(iter(node.users)).target)].kind == "stream")  # names stay as before
+            _replace_gate(gm, node, plan, tag)
         elif node.op == "call_module":
-            mod = gm.get_submodule(node.target)
-            if isinstance(mod, nn.Conv2d):
-                lp = plan.layers[str(node.target)]
-                _set_module(gm, str(node.target), _sliced_conv(mod, lp.in_keep, lp.out_keep, lp.zero_cols))
-            elif isinstance(mod, DomainBatchNorm):
-                keep = list(plan.bn_keep[str(node.target)])
-                a, b = mod.affine()
-                a, b = a[rows][:, keep], b[rows][:, keep]
-                gate = fold_gate.get(str(node.target))
-                if gate is not None:
-                    a, b = a * gate, b * gate
-                _set_module(gm, str(node.target), DomainAffine(a, b))
+            _replace_module(gm, str(node.target), plan, rows, fold_gate)
     if s_node is not None:
         g.erase_node(s_node)
     g.lint()

@@ -50,6 +50,38 @@ def _domain(name: str, classes: list[str], splits: dict[str, FileSplit], pre: Pr
     return Domain(name, classes, splits["train"], splits["val"], splits["test"], mean, std, pre, source=source)  # type: ignore[arg-type]
 
 
+def _imagefolder_split(sdir: Path, train_dir: Path, cidx: dict[str, int]) -> tuple[list[str], list[int]]:
+    """Image paths and labels of one split folder ``<domain>/<split>/<class>/*``, classes named as in train."""
+    if not sdir.is_dir():
+        raise DataError(f"{sdir} is missing", "every domain needs train, val and test folders")
+    paths, labels = [], []
+    for cdir in sorted(p for p in sdir.iterdir() if p.is_dir()):
+        if cdir.name not in cidx:
+            raise DataError(f"class {cdir.name!r} in {sdir} is not in {train_dir}", "use the train class names")
+        for f in sorted(cdir.iterdir()):
+            if f.suffix.lower() in IMAGE_EXTENSIONS:
+                paths.append(str(f))
+                labels.append(cidx[cdir.name])
+    return paths, labels
+
+
+def _imagefolder_domain(root: Path, name: str, load_size: int, crop: int, flip: bool) -> Domain:
+    """One domain ``ROOT/<name>/{train,val,test}/<class>/*``."""
+    droot = root / name
+    if not droot.is_dir():
+        raise DataError(f"domain {name!r} not found under {root}", f"choose from the folders in {root}")
+    train_dir = droot / "train"
+    if not train_dir.is_dir():
+        raise DataError(f"{train_dir} is missing", "expected ROOT/<domain>/{train,val,test}/<class>/")
+    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"domain {name!r} has no class folders in {train_dir}", "add ROOT/<domain>/train/<class>/")
+    cidx = {c: i for i, c in enumerate(classes)}
+    splits = {s: FileSplit(*_imagefolder_split(droot / s, train_dir, cidx), load_size) for s in SPLITS}
+    pre = Preprocess(load_size=load_size, crop=crop, pad=0, flip=flip)
+    return _domain(name, classes, splits, pre, f"imagefolder:{droot}")
+
+
 @LAYOUTS.register("imagefolder")
 def load_imagefolder(
     root: str | Path, domains: Sequence[str] | None = None, load_size: int = 72, crop: int = 64, flip: bool = True
@@ -67,34 +99,7 @@ def load_imagefolder(
     names = list(domains) if domains else sorted(p.name for p in root.iterdir() if p.is_dir())
     if not names:
         raise DataError(f"no domain folders under {root}", "expected ROOT/<domain>/{train,val,test}/<class>/*.jpg")
-    out = []
-    for name in names:
-        droot = root / name
-        if not droot.is_dir():
-            raise DataError(f"domain {name!r} not found under {root}", f"choose from the folders in {root}")
-        train_dir = droot / "train"
-        if not train_dir.is_dir():
-            raise DataError(f"{train_dir} is missing", "expected ROOT/<domain>/{train,val,test}/<class>/")
-        classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
-        if not classes:
-            raise DataError(f"domain {name!r} has no class folders in {train_dir}", "add ROOT/<domain>/train/<class>/")
-        cidx = {c: i for i, c in enumerate(classes)}
-        splits = {}
-        for s in SPLITS:
-            sdir = droot / s
-            if not sdir.is_dir():
-                raise DataError(f"{sdir} is missing", "every domain needs train, val and test folders")
-            paths, labels = [], []
-            for cdir in sorted(p for p in sdir.iterdir() if p.is_dir()):
-                if cdir.name not in cidx:
-                    raise DataError(f"class {cdir.name!r} in {sdir} is not in {train_dir}", "use the train class names")
-                for f in sorted(cdir.iterdir()):
-                    if f.suffix.lower() in IMAGE_EXTENSIONS:
-                        paths.append(str(f))
-                        labels.append(cidx[cdir.name])
-            splits[s] = FileSplit(paths, labels, load_size)
-        pre = Preprocess(load_size=load_size, crop=crop, pad=0, flip=flip)
-        out.append(_domain(name, classes, splits, pre, f"imagefolder:{droot}"))
+    out = [_imagefolder_domain(root, name, load_size, crop, flip) for name in names]
     return DomainSet(out, {"kind": "imagefolder", "root": str(root.resolve()), "domains": names}, "union")
 
 

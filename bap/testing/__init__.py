@@ -1,4 +1,4 @@
-"""Helpers for tests and benchmarks: synthetic run directories without training."""
+"""Helpers for tests and benchmarks: synthetic models and run directories without training, the CLI in-process."""
 
 from __future__ import annotations
 
@@ -11,7 +11,71 @@ from bap.core.io import atomic_write_json, file_sha256, save_state_dict
 from bap.trainer.artifacts import RunDir, run_config_doc
 from bap.trainer.config import TrainConfig
 
-__all__ = ["random_switches_", "write_run_dir"]
+__all__ = [
+    "CPU_MAX_PARAMS",
+    "SMALL_INPUT",
+    "backbone_params",
+    "cpu_sized_backbones",
+    "random_multidomain",
+    "random_switches_",
+    "run_cli",
+    "write_run_dir",
+]
+
+CPU_MAX_PARAMS = 8_000_000  # the CIFAR/Decathlon-sized zoo; torchvision's ImageNet ResNets start at 11M
+SMALL_INPUT = 32  # every CPU-sized backbone traces at 32 px, which keeps a forward pass in milliseconds
+
+
+def backbone_params(name: str) -> int:
+    """Parameter count of a registered backbone, built on the meta device (no memory, no initialisation cost)."""
+    from bap.models import BACKBONES
+
+    with torch.device("meta"):
+        net = BACKBONES.get(name).factory()
+    return sum(p.numel() for p in net.parameters())
+
+
+def cpu_sized_backbones(max_params: int = CPU_MAX_PARAMS) -> list[str]:
+    """Registered backbones small enough for the CPU test suite (by parameter count), in registration order."""
+    from bap.models import list_backbones
+
+    return [s.name for s in list_backbones() if backbone_params(s.name) <= max_params]
+
+
+def random_multidomain(
+    name: str = "test_cnn", size: int = SMALL_INPUT, domains: int = 3, p_on: float = 0.6, seed: int = 0
+):
+    """A masked multi-domain net with random BN statistics and correlated random switches.
+
+    Returns:
+        ``(model in eval mode, backbone, coupling graph, bool switches [D, M])``.
+    """
+    from bap.core.graph import analyze
+    from bap.core.multidomain import DomainSpec, build_multidomain
+    from bap.models import create_backbone
+
+    torch.manual_seed(seed)
+    bb = create_backbone(name).eval()
+    graph = analyze(bb, size)
+    specs = [DomainSpec(f"d{i}", 3 + 2 * i, (0.4 + 0.05 * i,) * 3, (0.25,) * 3) for i in range(domains)]
+    m = build_multidomain(bb, graph, specs)
+    on = random_switches_(m, p_on=p_on, seed=seed)
+    return m.eval(), bb, graph, on
+
+
+def run_cli(args, capsys=None) -> tuple[int, str, str]:
+    """Run ``bap ARGS`` in-process; return ``(exit code, stdout, stderr)`` (the streams only with ``capsys``)."""
+    from bap.cli.main import main
+
+    code = 0
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    if capsys is not None:
+        out, err = capsys.readouterr()
+        return code, out, err
+    return code, "", ""
 
 
 def random_switches_(model, p_on: float = 0.6, seed: int = 0, shared: float = 0.85) -> torch.Tensor:

@@ -26,8 +26,8 @@ import torch
 
 from bap.core.io import atomic_write_bytes, atomic_write_json, atomic_write_text, file_sha256, load_json
 from bap.data.types import DomainSet
-from bap.errors import IncompatibleArtifactError
-from bap.trainer.config import TrainConfig, budget_key
+from bap.errors import ConfigError, IncompatibleArtifactError
+from bap.trainer.config import TrainConfig, budget_key, method_names, method_traits
 
 __all__ = ["REPORT_FORMAT", "RUN_FORMAT", "LoadedRun", "RunDir", "domain_docs", "load_run", "run_config_doc"]
 
@@ -110,17 +110,36 @@ class RunDir:
         """Write ``config.json``."""
         atomic_write_json(self.config_path, doc)
 
-    def read_config(self) -> dict[str, Any]:
-        """Read and check ``config.json`` (format and presence)."""
+    def _require_dir(self) -> None:
         if not self.path.is_dir():
             raise IncompatibleArtifactError(
                 f"run directory {self.path} does not exist", "pass the --out of a bap train run"
             )
+
+    def read_config(self) -> dict[str, Any]:
+        """Read and check ``config.json`` (presence, valid JSON, format)."""
+        self._require_dir()
         doc = load_json(self.config_path, "run config")
         if not isinstance(doc, dict) or doc.get("format") != RUN_FORMAT:
             raise IncompatibleArtifactError(
                 f"{self.config_path} is not a bap run config (format {doc.get('format') if isinstance(doc, dict) else None!r}, expected {RUN_FORMAT})",
                 "pass a directory written by bap train",
+            )
+        return doc
+
+    def read_report(self) -> dict[str, Any] | None:
+        """``report.json`` (valid JSON, an object), or ``None`` while the run has not finished writing one.
+
+        Raises:
+            IncompatibleArtifactError: the report exists but does not parse (truncated, modified), naming it.
+        """
+        self._require_dir()
+        if not self.report_path.is_file():
+            return None
+        doc = load_json(self.report_path, "run report")
+        if not isinstance(doc, dict):
+            raise IncompatibleArtifactError(
+                f"run report {self.report_path} is not a JSON object", "re-create it (bap train --resume)"
             )
         return doc
 
@@ -210,9 +229,7 @@ class LoadedRun:
     @property
     def shared_network(self) -> bool:
         """True for methods that train one network for all domains (no per-domain switches or BN)."""
-        from bap.trainer.config import SHARED_METHODS
-
-        return self.config.method in SHARED_METHODS
+        return method_traits(self.config.method).shared_network
 
     @property
     def run_hash(self) -> str:
@@ -266,15 +283,21 @@ def load_run(run_dir: str | Path, budget: float | None = None) -> LoadedRun:
     from bap.core.io import load_state_dict
 
     run = RunDir(run_dir)
+    # both JSON documents parse before anything else is read, so a damaged run fails with the file's name
     doc = run.read_config()
+    run.read_report()
     try:
         cfg = TrainConfig.from_dict(doc["config"])
+    except ConfigError as e:  # a value this bap refuses (unknown method, newer version): name the file
+        raise IncompatibleArtifactError(f"{run.config_path} has no valid config ({e.one_line()})", "retrain") from None
     except (KeyError, TypeError) as e:
         raise IncompatibleArtifactError(f"{run.config_path} has no valid config ({e})", "retrain") from None
-    if cfg.method == "finetune":
+    task = method_traits(cfg.method)
+    if not task.exportable:
+        exportable = [m for m in method_names() if method_traits(m).exportable]
         raise IncompatibleArtifactError(
-            f"{run_dir} is a finetune baseline (one full network per domain), not a multi-domain model",
-            "export a bap, ba2 or feature run",
+            f"{run_dir} is a {cfg.method} baseline ({task.summary}), not a multi-domain model",
+            f"export a {', '.join(exportable[:-1])} or {exportable[-1]} run",
         )
     trained = run.trained_budgets()
     if not trained:

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bap.errors import ConfigError
 
-__all__ = ["METHODS", "PRESETS", "SHARED_METHODS", "TrainConfig", "budget_key"]
+if TYPE_CHECKING:
+    from bap.trainer.tasks import _Task
 
-METHODS = ("bap", "ba2", "feature", "finetune", "dgprune")
+__all__ = ["PRESETS", "TrainConfig", "budget_key", "method_names", "method_traits"]
+
 DG_HEADS = ("auto", "shared", "per-domain")
 BUDGET_UNITS = ("switches", "macs")
 DEVICES = ("auto", "cpu", "cuda")
-SWITCH_METHODS = ("bap", "ba2")
-SHARED_METHODS = ("feature", "dgprune")  # one network for all domains: no per-domain switch bits
 
 # paper settings (DESIGN.md section 1); epochs are real epochs there, so steps_per_epoch = 0 means "one pass"
 PRESETS: dict[str, dict[str, Any]] = {
@@ -42,6 +43,91 @@ PRESETS: dict[str, dict[str, Any]] = {
 def budget_key(beta: float) -> str:
     """Canonical directory / JSON key of a budget: ``1``, ``0.75``, ``0.5``, ``0.25``."""
     return f"{beta:.6g}"
+
+
+def method_names() -> list[str]:
+    """The registered ``--method`` names, in registration order."""
+    from bap.trainer.tasks import TASKS  # lazy: the tasks import this module
+
+    return TASKS.names()
+
+
+def method_traits(method: str) -> type[_Task]:
+    """The task class of ``method``; its class attributes are the method's traits (``shared_network``, ...).
+
+    Raises:
+        ConfigError: ``method`` is not registered (the message lists the registered names).
+    """
+    from bap.trainer.tasks import TASKS
+
+    if method not in TASKS:
+        names = ", ".join(TASKS.names())
+        raise ConfigError(f"unknown method {method!r}", f"choose one of: {names} (--method)")
+    return TASKS.get(method)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+# One validation rule: (field, ok(value), problem, fix). ``field`` None means ok() gets the whole config.
+# Messages are format templates over ``v`` (the value), ``name`` and ``flag`` (its CLI flag). Rules run in order
+# and the first that fails is raised, so the order is part of the behaviour.
+_Rule = tuple[str | None, Callable[[Any], bool], str, str]
+
+_INT_MINIMA = {"epochs": 1, "batch_size": 1, "steps_per_epoch": 0, "bn_recal_images": 1, "pretrain_epochs": 0,
+               "dg_importance_batches": 1}  # fmt: skip
+
+_RULES: tuple[_Rule, ...] = (
+    ("dg_head", lambda v: v in DG_HEADS, "unknown dg_head {v!r}", f"choose one of: {', '.join(DG_HEADS)} (--dg-head)"),
+    ("budget_unit", lambda v: v in BUDGET_UNITS, "unknown budget unit {v!r}", "use --budget-unit switches or macs"),
+    ("device", lambda v: v in DEVICES, "unknown device {v!r}", "use --device auto, cpu or cuda"),
+    ("ps_scale", lambda v: v in ("none", "lambda"), "unknown ps_scale {v!r}", "use none or lambda"),
+    ("preset", lambda v: v is None or v in PRESETS, "unknown preset {v!r}", f"choose one of: {', '.join(PRESETS)}"),
+    *(
+        (
+            name,
+            lambda v, lo=lo: isinstance(v, int) and v >= lo,
+            f"{{name}} must be an integer >= {lo}, got {{v!r}}",
+            "fix --{flag}",
+        )
+        for name, lo in _INT_MINIMA.items()
+    ),
+    (
+        "lr_head",
+        lambda v: v is None or (_is_number(v) and v > 0),
+        "{name} must be a positive number, got {v!r}",
+        "fix --{flag}",
+    ),
+    *(
+        (name, lambda v: _is_number(v) and v > 0, "{name} must be a positive number, got {v!r}", "fix --{flag}")
+        for name in ("lr_bn", "lr_switch", "lr_finetune")
+    ),
+    *(
+        (name, lambda v: _is_number(v) and v >= 0, "{name} must be >= 0, got {v!r}", "fix --{flag}")
+        for name in ("lambda_ps", "weight_decay", "dg_variance_weight")
+    ),
+    (
+        "lambda_lr",
+        lambda v: v is None or (math.isfinite(v) and v > 0),
+        "lambda_lr must be > 0, got {v}",
+        "fix --lambda-lr",
+    ),
+    ("round_to", lambda v: v in (1, 8, 16, 32), "round_to must be 1, 8, 16 or 32, got {v}", "fix --round-to"),
+    (
+        None,
+        lambda c: c.data_root is not None or c.layout == "imagefolder",
+        "--layout {v.layout} needs --data-root",
+        "pass --data-root DIR",
+    ),
+    (
+        "layout",
+        lambda v: v in ("imagefolder", "decathlon"),
+        "unknown layout {v!r}",
+        "use --layout imagefolder or decathlon",
+    ),
+    ("out", bool, "empty --out", "pass a run directory"),
+)
 
 
 @dataclass(frozen=True)
@@ -114,69 +200,40 @@ class TrainConfig:
     version: int = 1
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}", f"choose one of: {', '.join(METHODS)} (--method)")
+        task = method_traits(self.method)
+        self._check_budgets()
+        if task.budget_unit is not None:
+            object.__setattr__(self, "budget_unit", task.budget_unit)  # frozen dataclass: normalise, do not refuse
+        for name, ok, problem, fix in _RULES:
+            v = self if name is None else getattr(self, name)
+            if not ok(v):
+                flag = (name or "").replace("_", "-")
+                raise ConfigError(problem.format(v=v, name=name, flag=flag), fix.format(v=v, name=name, flag=flag))
+
+    def _check_budgets(self) -> None:
         if not self.budgets:
             raise ConfigError("no budgets given", "pass --budgets, e.g. 1.0,0.5")
         for b in self.budgets:
-            if not (isinstance(b, (int, float)) and math.isfinite(b) and 0.0 < b <= 1.0):
+            if not (_is_number(b) and 0.0 < b <= 1.0):
                 raise ConfigError(f"budget {b} is outside (0, 1]", "pass budgets like 1.0,0.75,0.5,0.25 (--budgets)")
         if len({budget_key(b) for b in self.budgets}) != len(self.budgets):
             raise ConfigError(f"budgets {list(self.budgets)} repeat a value", "list each budget once")
-        if self.method == "dgprune":
-            object.__setattr__(self, "budget_unit", "macs")  # frozen dataclass: normalise, do not refuse
-        if self.dg_head not in DG_HEADS:
-            raise ConfigError(f"unknown dg_head {self.dg_head!r}", f"choose one of: {', '.join(DG_HEADS)} (--dg-head)")
-        if self.budget_unit not in BUDGET_UNITS:
-            raise ConfigError(f"unknown budget unit {self.budget_unit!r}", "use --budget-unit switches or macs")
-        if self.device not in DEVICES:
-            raise ConfigError(f"unknown device {self.device!r}", "use --device auto, cpu or cuda")
-        if self.ps_scale not in ("none", "lambda"):
-            raise ConfigError(f"unknown ps_scale {self.ps_scale!r}", "use none or lambda")
-        if self.preset is not None and self.preset not in PRESETS:
-            raise ConfigError(f"unknown preset {self.preset!r}", f"choose one of: {', '.join(PRESETS)}")
-        ints = {"epochs": 1, "batch_size": 1, "steps_per_epoch": 0, "bn_recal_images": 1, "pretrain_epochs": 0,
-                "dg_importance_batches": 1}  # fmt: skip
-        for name, lo in ints.items():
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < lo:
-                raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}", f"fix --{name.replace('_', '-')}")
-        for name in ("lr_head", "lr_bn", "lr_switch", "lr_finetune"):
-            v = getattr(self, name)
-            if v is None and name == "lr_head":
-                continue
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ConfigError(f"{name} must be a positive number, got {v!r}", f"fix --{name.replace('_', '-')}")
-        for name in ("lambda_ps", "weight_decay", "dg_variance_weight"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ConfigError(f"{name} must be >= 0, got {v!r}", f"fix --{name.replace('_', '-')}")
-        if self.lambda_lr is not None and not (math.isfinite(self.lambda_lr) and self.lambda_lr > 0):
-            raise ConfigError(f"lambda_lr must be > 0, got {self.lambda_lr}", "fix --lambda-lr")
-        if self.round_to not in (1, 8, 16, 32):
-            raise ConfigError(f"round_to must be 1, 8, 16 or 32, got {self.round_to}", "fix --round-to")
-        if self.data_root is None and self.layout != "imagefolder":
-            raise ConfigError(f"--layout {self.layout} needs --data-root", "pass --data-root DIR")
-        if self.layout not in ("imagefolder", "decathlon"):
-            raise ConfigError(f"unknown layout {self.layout!r}", "use --layout imagefolder or decathlon")
-        if not self.out:
-            raise ConfigError("empty --out", "pass a run directory")
 
     # ------------------------------------------------------------------------------------------------ helpers
     @property
     def trains_switches(self) -> bool:
-        """True for ``bap`` and ``ba2``."""
-        return self.method in SWITCH_METHODS
+        """True for methods that learn per-domain switches (``bap``, ``ba2``)."""
+        return method_traits(self.method).per_domain_switches
 
     @property
     def effective_budgets(self) -> tuple[float, ...]:
-        """Budgets actually trained: baselines without switches train once, at 1.0."""
-        return self.budgets if self.trains_switches or self.method == "dgprune" else (1.0,)
+        """Budgets actually trained: methods that do not train budgets (baselines) train once, at 1.0."""
+        return self.budgets if method_traits(self.method).trains_budgets else (1.0,)
 
     @property
     def effective_lambda_ps(self) -> float:
-        """The sharing weight in use (0 for ``ba2``)."""
-        return self.lambda_ps if self.method == "bap" else 0.0
+        """The sharing weight in use (0 for methods without the sharing loss, e.g. ``ba2``)."""
+        return self.lambda_ps if method_traits(self.method).uses_sharing_loss else 0.0
 
     def head_lr(self, feature_dim: int) -> float:
         """SGD learning rate of the heads: ``lr_head``, or 0.1 scaled by 64 / feature width.

@@ -36,6 +36,7 @@ from bap.core.multidomain import DomainSpec, MultiDomainNet, build_multidomain
 from bap.core.seeding import derive_seed, generator
 from bap.data.transforms import eval_view
 from bap.data.types import Domain
+from bap.trainer.evaluation import accuracy, recalibrate_bn_
 from bap.trainer.tasks import TASKS, _accuracy_block, _Task, _with_scores
 
 __all__ = [
@@ -155,21 +156,19 @@ def _eval_batches(dom: Domain, n: int, batch_size: int, seed: int, device) -> li
     return out
 
 
-@torch.no_grad()
 def heldout_accuracy(model: MultiDomainNet, domain: Domain, split: str = "test", batch_size: int = 256) -> float:
     """Accuracy of a ``dgprune`` model (shared head) on a domain it was not trained on (row 0 serves it)."""
-    model.eval()
-    data = domain.split(split)
-    correct = 0
-    for i in range(0, len(data), batch_size):
-        x, y = data.get_batch(torch.arange(i, min(i + batch_size, len(data))))
-        correct += int((model(eval_view(x, domain.preprocess), 0).argmax(1) == y).sum())
-    return correct / max(1, len(data))
+    return accuracy(model, domain, 0, split, batch_size)
 
 
 @TASKS.register("dgprune")
 class DGPruneTask(_Task):
     """``dgprune``: fine-tune one shared network and prune it iteratively to the MAC budget (see module docstring)."""
+
+    summary = "one shared network pruned by a domain-generalised importance"
+    shared_network = True
+    trains_budgets = True
+    budget_unit = "macs"  # budgets are always fractions of the backbone's MACs
 
     def __init__(self, ctx, beta: float):
         cfg = ctx.cfg
@@ -326,32 +325,19 @@ class DGPruneTask(_Task):
         self.opt.load_state_dict(st["opt"])
         self.schedule = list(st.get("schedule", []))
 
-    @torch.no_grad()
-    def _recalibrate_bn_(self) -> None:
-        """Re-estimate the shared BN statistics on images of every training domain (cumulative average)."""
-        cfg, m = self.ctx.cfg, self.model
-        bns = [x.bns[0] for x in m.domain_bns()]
-        saved = [b.momentum for b in bns]
-        for b in bns:
-            b.reset_running_stats()
-            b.momentum = None
-        m.train()
-        gate = m.switches.binary()[0].float()
-        for d, dom in enumerate(self.ctx.domains):
-            n = min(len(dom.train), cfg.bn_recal_images)
-            idx = torch.randperm(len(dom.train), generator=generator("bn", cfg.seed, self.beta, d))[:n]
-            for i in range(0, n, 128):
-                x, _ = dom.train.get_batch(idx[i : i + 128])
-                m.body(m.normalize(eval_view(x, dom.preprocess).to(self.ctx.device), 0), 0, gate)
-        for b, mom in zip(bns, saved, strict=True):
-            b.momentum = mom
-        m.eval()
-
     def finalize(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """Prune to the budget if still above it, re-estimate the shared BN, evaluate, measure."""
         ctx, cfg = self.ctx, self.ctx.cfg
         self.prune_(self.beta)
-        self._recalibrate_bn_()
+        # one shared BN set: every domain's images pool into row 0's statistics
+        recalibrate_bn_(
+            self.model,
+            list(ctx.domains),
+            cfg.bn_recal_images,
+            seed=(cfg.seed, self.beta),
+            device=ctx.device,
+            rows=[0] * len(ctx.domains),
+        )
         ctx.dist.average_tensors_(
             [b for bn in self.model.domain_bns() for b in (bn.bns[0].running_mean, bn.bns[0].running_var)]
         )

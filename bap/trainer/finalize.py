@@ -10,14 +10,11 @@ images.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
 import torch
 
 from bap.core.multidomain import MultiDomainNet
-from bap.core.seeding import generator
-from bap.data.transforms import eval_view
-from bap.data.types import Domain
+from bap.trainer.evaluation import accuracy, recalibrate_bn_
 
 __all__ = ["evaluate", "project_to_budget_", "recalibrate_bn_"]
 
@@ -60,57 +57,4 @@ def project_to_budget_(model: MultiDomainNet, beta: float, weights: torch.Tensor
     return changed
 
 
-@torch.no_grad()
-def recalibrate_bn_(
-    model: MultiDomainNet,
-    domains: Sequence[Domain],
-    max_images: int,
-    batch_size: int = 128,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    shard: tuple[int, int] = (0, 1),
-) -> None:
-    """Re-estimate every domain's BN running statistics with its final binary switches.
-
-    Uses a cumulative average (``momentum=None``) over shuffled, un-augmented training images, so the statistics
-    are those of the data the network will see at test time. ``shard = (rank, world)`` splits the images
-    across DDP ranks (the caller averages the statistics).
-    """
-    was_training = model.training
-    model.train()
-    bns = model.domain_bns()
-    rank, world = shard
-    for d, dom in enumerate(domains):
-        saved = []
-        for m in bns:
-            b = m.bns[d]
-            saved.append(b.momentum)
-            b.reset_running_stats()
-            b.momentum = None
-        n = min(len(dom.train), max_images)
-        idx = torch.randperm(len(dom.train), generator=generator("bn", seed, d))[:n]
-        idx = idx[rank::world]
-        for i in range(0, len(idx), batch_size):
-            x, _ = dom.train.get_batch(idx[i : i + batch_size])
-            model(eval_view(x, dom.preprocess).to(device), d)
-        for m, mom in zip(bns, saved, strict=True):
-            m.bns[d].momentum = mom
-    model.train(was_training)
-
-
-@torch.no_grad()
-def evaluate(
-    model: MultiDomainNet, domain: Domain, d: int, split: str = "test", batch_size: int = 256, device="cpu"
-) -> float:
-    """Top-1 accuracy of domain ``d`` on ``split`` (eval mode, single-domain batches)."""
-    was_training = model.training
-    model.eval()
-    data = domain.split(split)
-    correct = 0
-    for i in range(0, len(data), batch_size):
-        idx = torch.arange(i, min(i + batch_size, len(data)))
-        x, y = data.get_batch(idx)
-        pred = model(eval_view(x, domain.preprocess).to(device), d).argmax(1).cpu()
-        correct += int((pred == y).sum())
-    model.train(was_training)
-    return correct / max(1, len(data))
+evaluate = accuracy  # the name callers of this module used before the one accuracy loop

@@ -21,8 +21,7 @@ from bap.core.env import resolve_device
 from bap.core.io import RunLock, atomic_write_json, file_sha256, save_state_dict
 from bap.data.sources import load_domains
 from bap.data.types import DomainSet
-from bap.errors import ConfigError, DataError, IncompatibleArtifactError
-from bap.trainer import dgprune as _dgprune  # noqa: F401  (registers --method dgprune)
+from bap.errors import ConfigError, DataError, IncompatibleArtifactError, TrainingInterrupted
 from bap.trainer.artifacts import REPORT_FORMAT, RunDir, run_config_doc
 from bap.trainer.config import TrainConfig, budget_key
 from bap.trainer.distributed import DistContext, init_distributed
@@ -32,12 +31,6 @@ from bap.trainer.tasks import TASKS, TaskContext, batch_for, steps_per_epoch
 __all__ = ["TrainingInterrupted", "build_report", "train"]
 
 log = logging.getLogger(__name__)
-
-
-class TrainingInterrupted(Exception):
-    """SIGINT arrived; the checkpoint was written. ``bap train --resume`` continues."""
-
-    exit_code = 130
 
 
 class NullCallback:
@@ -236,23 +229,46 @@ def _set_lr(task, epoch: int, milestones) -> float:
     return factor
 
 
+def _resume_point(run: RunDir, task, cfg: TrainConfig, key: str) -> tuple[int, int, float]:
+    """``(epoch, step, seconds already spent)`` to continue budget ``key`` from; zeros without a checkpoint."""
+    ck = run.load_checkpoint()
+    if ck is None:
+        return 0, 0, 0.0
+    if ck.get("budget") != key or ck.get("method") != cfg.method:
+        log.warning("ignoring a checkpoint of budget %s (training %s)", ck.get("budget"), key)
+        return 0, 0, 0.0
+    task.load_state_dict(ck["task"])
+    log.info("resuming budget %s at epoch %d step %d", key, int(ck["epoch"]), int(ck["step"]))
+    return int(ck["epoch"]), int(ck["step"]), float(ck.get("elapsed", 0.0))
+
+
+def _optimizer_step(ctx: TaskContext, task, trainable, d: int, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """One step of domain ``d``: zero, forward + backward (the task's), average gradients across ranks, update."""
+    for opt in task.optimizers:
+        opt.zero_grad(set_to_none=True)
+    with _autocast(ctx):
+        stats = task.step(d, x, y)
+    ctx.dist.average_gradients(trainable)
+    for opt in task.optimizers:
+        opt.step()
+    task.after_step(d, stats)
+    return stats
+
+
+def _add_stats(sums: dict[str, dict[str, float]], name: str, stats: dict[str, float]) -> None:
+    acc = sums.setdefault(name, {})
+    for k, v in stats.items():
+        acc[k] = acc.get(k, 0.0) + v
+    acc["n"] = acc.get("n", 0.0) + 1
+
+
 def _train_budget(ctx: TaskContext, run: RunDir, beta: float, cb, stop: threading.Event) -> dict[str, Any]:
     cfg, dist = ctx.cfg, ctx.dist
     key = budget_key(beta)
     task = TASKS.get(cfg.method)(ctx, beta)
     steps = steps_per_epoch(cfg, ctx.domains)
     num_domains = len(ctx.domains)
-    start_epoch = start_step = 0
-    elapsed = 0.0
-    ck = run.load_checkpoint()
-    if ck is not None:
-        if ck.get("budget") == key and ck.get("method") == cfg.method:
-            task.load_state_dict(ck["task"])
-            start_epoch, start_step = int(ck["epoch"]), int(ck["step"])
-            elapsed = float(ck.get("elapsed", 0.0))
-            log.info("resuming budget %s at epoch %d step %d", key, start_epoch, start_step)
-        else:
-            log.warning("ignoring a checkpoint of budget %s (training %s)", ck.get("budget"), key)
+    start_epoch, start_step, elapsed = _resume_point(run, task, cfg, key)
     metrics = [r for r in run.read_metrics() if not (r.get("budget") == key and r.get("epoch", 0) >= start_epoch)]
 
     def save(epoch: int, step: int) -> None:
@@ -269,8 +285,7 @@ def _train_budget(ctx: TaskContext, run: RunDir, beta: float, cb, stop: threadin
             )
         dist.barrier()
 
-    total = cfg.epochs * steps * num_domains
-    cb.on_phase(f"{cfg.method} β={key}", total)
+    cb.on_phase(f"{cfg.method} β={key}", cfg.epochs * steps * num_domains)
     cb.on_advance((start_epoch * steps + start_step) * num_domains)
     t0 = time.time()
     trainable = task.trainable()
@@ -282,23 +297,12 @@ def _train_budget(ctx: TaskContext, run: RunDir, beta: float, cb, stop: threadin
             for d in range(num_domains)
         }
         sums: dict[str, dict[str, float]] = {}
-        first = start_step if epoch == start_epoch else 0
-        for step in range(first, steps):
+        for step in range(start_step if epoch == start_epoch else 0, steps):
             for d in domain_order(num_domains, cfg.seed, key, epoch, step):
                 batch_idx = idx[d][step * cfg.batch_size : (step + 1) * cfg.batch_size]
                 x, y = batch_for(ctx, d, batch_idx, (cfg.seed, key, epoch, step, d))
-                for opt in task.optimizers:
-                    opt.zero_grad(set_to_none=True)
-                with _autocast(ctx):
-                    stats = task.step(d, x, y)
-                dist.average_gradients(trainable)
-                for opt in task.optimizers:
-                    opt.step()
-                task.after_step(d, stats)
-                acc = sums.setdefault(ctx.domains.names[d], {})
-                for k, v in stats.items():
-                    acc[k] = acc.get(k, 0.0) + v
-                acc["n"] = acc.get("n", 0.0) + 1
+                stats = _optimizer_step(ctx, task, trainable, d, x, y)
+                _add_stats(sums, ctx.domains.names[d], stats)
                 cb.on_advance(1, **{k: stats[k] for k in ("loss", "usage") if k in stats}, epoch=epoch + 1)
             if stop.is_set():
                 save(epoch, step + 1)
@@ -325,6 +329,13 @@ def _train_budget(ctx: TaskContext, run: RunDir, beta: float, cb, stop: threadin
             {k: row[k] for k in row if k in ("usage", "and_fraction", "val_accuracy")},
         )
     cb.on_phase_end()
+    return _finish_budget(ctx, run, task, beta, elapsed + time.time() - t0)
+
+
+def _finish_budget(ctx: TaskContext, run: RunDir, task, beta: float, seconds: float) -> dict[str, Any]:
+    """Finalise the task, write the budget's state and result, drop the checkpoint; return the result."""
+    cfg, dist = ctx.cfg, ctx.dist
+    t0 = time.time()
     res, state = task.finalize()
     if dist.enabled:
         digest = dist.checksum_agrees([p for p in task.trainable()])
@@ -337,9 +348,9 @@ def _train_budget(ctx: TaskContext, run: RunDir, beta: float, cb, stop: threadin
         "lambda_ps": cfg.effective_lambda_ps,
         **res,
     }
-    res["seconds"] = round(elapsed + time.time() - t0, 1)
+    res["seconds"] = round(seconds + time.time() - t0, 1)
     if dist.is_main:
-        save_state_dict(run.state_path(beta), state, {"method": cfg.method, "budget": key})
+        save_state_dict(run.state_path(beta), state, {"method": cfg.method, "budget": budget_key(beta)})
         atomic_write_json(run.result_path(beta), res)
         run.clear_checkpoint()
     dist.barrier()

@@ -26,9 +26,10 @@ from torch import nn
 from bap.core.io import atomic_write_json, file_sha256, save_state_dict
 from bap.core.seeding import derive_seed, generator
 from bap.data.suite import cache_dir
-from bap.data.transforms import augment, eval_view
+from bap.data.transforms import augment
 from bap.data.types import Domain, DomainSet
 from bap.models.backbones import create_backbone
+from bap.trainer.evaluation import accuracy
 
 __all__ = ["UNION", "ensure_pretrained", "pretrain_backbone", "pretrained_path", "source_domains"]
 
@@ -62,6 +63,45 @@ class _MultiHead(nn.Module):
 
     def features(self, x: torch.Tensor, dom: torch.Tensor) -> torch.Tensor:
         return self.backbone((x - self.mean[dom][:, :, None, None]) / self.std[dom][:, :, None, None])
+
+    def forward(self, x: torch.Tensor, d: int) -> torch.Tensor:
+        """Logits of domain ``d`` for a single-domain batch (the ``model(x, d)`` form :func:`accuracy` calls)."""
+        return self.heads[d](self.features(x, torch.full((len(x),), d, device=x.device)))
+
+
+def _mixed_batch(
+    doms: Sequence[Domain], chunk: torch.Tensor, gen_parts: tuple, device: str | torch.device
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, torch.Tensor]]]:
+    """Augmented images, per-sample domain ids and ``(domain, labels)`` of the present domains for ``chunk``.
+
+    ``chunk`` holds ``(domain, index)`` rows; images of domain ``i`` are augmented with ``generator(*gen_parts, i)``.
+    """
+    xs, ds, labels = [], [], []
+    for i, dom in enumerate(doms):
+        idx = chunk[chunk[:, 0] == i, 1]
+        if len(idx):
+            x, y = dom.train.get_batch(idx)
+            xs.append(augment(x, dom.preprocess, generator(*gen_parts, i)))
+            ds.append(torch.full((len(idx),), i))
+            labels.append((i, y.to(device)))
+    return torch.cat(xs).to(device), torch.cat(ds).to(device), labels
+
+
+def _mixed_loss(net: _MultiHead, x: torch.Tensor, dom_ids: torch.Tensor, labels) -> torch.Tensor:
+    """Mean cross-entropy of a mixed batch, each sample scored by its own domain's head."""
+    f = net.features(x, dom_ids)
+    ce = [F.cross_entropy(net.heads[i](f[dom_ids == i]), y, reduction="sum") for i, y in labels]
+    return torch.stack(ce).sum() / len(x)
+
+
+def _warn_if_poor(backbone: str, doms: Sequence[Domain], acc: float) -> None:
+    chance = sum(1.0 / d.num_classes for d in doms) / len(doms)
+    if acc < 1.5 * chance:
+        log.warning(
+            "pretraining %s reached only %.3f mean validation accuracy (chance %.3f): the frozen features will be "
+            "poor; raise --pretrain-epochs or pass --weights",
+            backbone, acc, chance,
+        )  # fmt: skip
 
 
 def pretrain_backbone(
@@ -99,22 +139,7 @@ def pretrain_backbone(
         order = pairs[torch.randperm(total, generator=generator("pretrain", seed, e))]
         for k in range(steps_per_epoch):
             chunk = order[k * batch_size : (k + 1) * batch_size]
-            xs, ys, ds, present = [], [], [], []
-            for i, dom in enumerate(doms):
-                idx = chunk[chunk[:, 0] == i, 1]
-                if len(idx):
-                    x, y = dom.train.get_batch(idx)
-                    xs.append(augment(x, dom.preprocess, generator("pt-aug", seed, e, k, i)))
-                    ys.append(y.to(device))
-                    ds.append(torch.full((len(idx),), i))
-                    present.append(i)
-            x, dom_ids = torch.cat(xs).to(device), torch.cat(ds).to(device)
-            f = net.features(x, dom_ids)
-            ce = [
-                F.cross_entropy(net.heads[i](f[dom_ids == i]), y, reduction="sum")
-                for i, y in zip(present, ys, strict=True)
-            ]
-            loss = torch.stack(ce).sum() / len(x)
+            loss = _mixed_loss(net, *_mixed_batch(doms, chunk, ("pt-aug", seed, e, k), device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -122,29 +147,14 @@ def pretrain_backbone(
             if callback:
                 callback.on_advance(1, loss=float(loss.detach()))
     net.eval()
-    per = {}
-    with torch.no_grad():
-        for i, dom in enumerate(doms):
-            correct = 0
-            for s in range(0, len(dom.val), 256):
-                x, y = dom.val.get_batch(torch.arange(s, min(s + 256, len(dom.val))))
-                x = eval_view(x, dom.preprocess).to(device)
-                pred = net.heads[i](net.features(x, torch.full((len(x),), i, device=device))).argmax(1).cpu()
-                correct += int((pred == y).sum())
-            per[dom.name] = correct / max(1, len(dom.val))
+    per = {dom.name: accuracy(net, dom, i, "val", device=device) for i, dom in enumerate(doms)}
     acc = sum(per.values()) / len(per)
     info = {"val_accuracy": acc, "per_domain": per, "seconds": round(time.time() - t0, 1), "epochs": epochs,
             "source": [d.name for d in doms]}  # fmt: skip
     if callback:
         callback.on_phase_end(f"pretrained {backbone} on {name}: mean val accuracy {acc:.3f}")
     log.info("pretrained %s on %s: val accuracy %s in %.0fs", backbone, name, per, info["seconds"])
-    chance = sum(1.0 / d.num_classes for d in doms) / len(doms)
-    if acc < 1.5 * chance:
-        log.warning(
-            "pretraining %s reached only %.3f mean validation accuracy (chance %.3f): the frozen features will be "
-            "poor; raise --pretrain-epochs or pass --weights",
-            backbone, acc, chance,
-        )  # fmt: skip
+    _warn_if_poor(backbone, doms, acc)
     return net.backbone.cpu().eval(), info
 
 

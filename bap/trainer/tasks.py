@@ -10,7 +10,7 @@ import copy
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -24,10 +24,20 @@ from bap.core.seeding import derive_seed, generator
 from bap.data.types import DomainSet
 from bap.trainer.config import TrainConfig
 from bap.trainer.distributed import DistContext
-from bap.trainer.finalize import evaluate, project_to_budget_, recalibrate_bn_
+from bap.trainer.evaluation import accuracy, recalibrate_bn_
+from bap.trainer.finalize import project_to_budget_
 from bap.trainer.objectives import lagrange_step, switch_step_losses
 
-__all__ = ["TASKS", "FeatureTask", "FinetuneTask", "SwitchTask", "TaskContext", "batch_for", "steps_per_epoch"]
+__all__ = [
+    "TASKS",
+    "BapTask",
+    "FeatureTask",
+    "FinetuneTask",
+    "SwitchTask",
+    "TaskContext",
+    "batch_for",
+    "steps_per_epoch",
+]
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +69,7 @@ class TaskContext:
 
 
 def _accuracy_block(ctx: TaskContext, model: nn.Module, split: str) -> dict[str, float]:
-    return {d.name: evaluate(model, d, i, split, device=ctx.device) for i, d in enumerate(ctx.domains)}
+    return {d.name: accuracy(model, d, i, split, device=ctx.device) for i, d in enumerate(ctx.domains)}
 
 
 def _with_scores(ctx: TaskContext, res: dict[str, Any]) -> dict[str, Any]:
@@ -73,7 +83,28 @@ def _with_scores(ctx: TaskContext, res: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Task:
-    """Defaults shared by the tasks: no per-step bookkeeping, nothing extra to log, plain validation accuracy."""
+    """Defaults shared by the tasks: no per-step bookkeeping, nothing extra to log, plain validation accuracy.
+
+    The class attributes are the method's traits; code outside the task asks them instead of comparing method
+    names (``TASKS.get(cfg.method).shared_network``).
+
+    Attributes:
+        summary: what the method trains, in a few words (messages name it).
+        shared_network: one network serves every domain (no per-domain switches or BN to export).
+        trains_budgets: one model per budget; otherwise the method trains once, at budget 1.0.
+        per_domain_switches: learns a switch vector per domain (``bap``, ``ba2``).
+        uses_sharing_loss: uses the parameter-sharing loss (``lambda_ps``).
+        exportable: its result is a multi-domain network ``bap export`` can build.
+        budget_unit: the budget unit the method always uses (``None``: the configured one).
+    """
+
+    summary: ClassVar[str] = ""
+    shared_network: ClassVar[bool] = False
+    trains_budgets: ClassVar[bool] = False
+    per_domain_switches: ClassVar[bool] = False
+    uses_sharing_loss: ClassVar[bool] = False
+    exportable: ClassVar[bool] = True
+    budget_unit: ClassVar[str | None] = None
 
     ctx: TaskContext
     model: nn.Module
@@ -94,7 +125,11 @@ class _Task:
 
 
 class SwitchTask(_Task):
-    """``bap`` and ``ba2``: per-domain switches (Adam, no decay), BN and heads (SGD momentum 0.9)."""
+    """``ba2``: per-domain switches (Adam, no decay), BN and heads (SGD momentum 0.9), no sharing loss."""
+
+    summary = "per-domain switches, no sharing loss"
+    trains_budgets = True
+    per_domain_switches = True
 
     def __init__(self, ctx: TaskContext, beta: float):
         cfg = ctx.cfg
@@ -220,8 +255,20 @@ class SwitchTask(_Task):
         return _with_scores(ctx, res), m.trainable_state()
 
 
+class BapTask(SwitchTask):
+    """``bap``: :class:`SwitchTask` with the parameter-sharing loss."""
+
+    summary = "per-domain switches with the sharing loss"
+    uses_sharing_loss = True
+
+
 class FeatureTask(SwitchTask):
     """``feature``: the frozen backbone (its own BN statistics, all switches on) with a trained head per domain."""
+
+    summary = "frozen backbone, heads only"
+    shared_network = True
+    trains_budgets = False
+    per_domain_switches = False
 
     def __init__(self, ctx: TaskContext, beta: float):
         super().__init__(ctx, 1.0)
@@ -290,7 +337,7 @@ class _Finetuned(nn.Module):
 
 
 class _FinetuneBank(nn.Module):
-    """D full networks; ``forward(x, d)`` runs network ``d`` (so :func:`evaluate` works unchanged)."""
+    """D full networks; ``forward(x, d)`` runs network ``d`` (so :func:`accuracy` works unchanged)."""
 
     def __init__(self, nets: list[_Finetuned]):
         super().__init__()
@@ -302,6 +349,9 @@ class _FinetuneBank(nn.Module):
 
 class FinetuneTask(_Task):
     """``finetune``: every domain fine-tunes its own copy of the whole backbone (the S-score reference)."""
+
+    summary = "one full network per domain"
+    exportable = False
 
     def __init__(self, ctx: TaskContext, beta: float):
         cfg = ctx.cfg
@@ -362,8 +412,8 @@ class FinetuneTask(_Task):
         return _with_scores(ctx, res), self.model.state_dict()
 
 
-TASKS: Registry = Registry("method", "--method")
-TASKS.register("bap", SwitchTask)
+TASKS: Registry[type[_Task]] = Registry("method", "--method")
+TASKS.register("bap", BapTask)
 TASKS.register("ba2", SwitchTask)
 TASKS.register("feature", FeatureTask)
 TASKS.register("finetune", FinetuneTask)
@@ -385,3 +435,8 @@ def batch_for(ctx: TaskContext, d: int, idx: torch.Tensor, aug_parts: tuple) -> 
     x, y = dom.train.get_batch(idx)
     x = augment(x, dom.preprocess, generator("aug", *aug_parts))
     return x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+
+
+# dgprune registers itself into TASKS; importing it here makes the registry complete for anyone who imports it
+# (dgprune imports this module, so the import must come after everything it uses is defined)
+from bap.trainer import dgprune as _dgprune  # noqa: E402, F401

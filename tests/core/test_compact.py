@@ -1,12 +1,11 @@
 import pytest
 import torch
-from helpers import random_multidomain
 
 from bap.core.compact import build_compact, build_specialised, count_conv_macs, plan_channels
 from bap.core.graph import analyze
 from bap.core.multidomain import DomainSpec, build_multidomain
 from bap.models import create_backbone
-from bap.testing import random_switches_
+from bap.testing import SMALL_INPUT, cpu_sized_backbones, random_multidomain, random_switches_
 
 
 def _max_diff(ref, out):
@@ -15,21 +14,25 @@ def _max_diff(ref, out):
     return float((ref[fin] - out[fin]).abs().max())
 
 
-@pytest.mark.parametrize("backbone", ["test_cnn", "test_bottleneck", "cifar_resnet14", "resnet26_decathlon", "wrn28_4"])
+# every registered backbone the CPU suite can afford (a size rule over the registry, not a hand-kept list)
+@pytest.mark.parametrize("backbone", cpu_sized_backbones())
 @pytest.mark.parametrize("round_to", [1, 8])
 def test_compact_equals_masked(backbone, round_to):
-    m, _, g, on = random_multidomain(backbone)
-    plan = plan_channels(g, on, [d.name for d in m.domains], round_to=round_to)
-    cm = build_compact(m, plan)
-    x = torch.rand(7, 3, 32, 32)
-    with torch.no_grad():
-        for d in range(3):  # batch 1
-            assert _max_diff(m(x[:1], torch.tensor([d])), cm(x[:1], torch.tensor([d]))) <= 1e-5
-        mixed = torch.tensor([0, 2, 1, 1, 0, 2, 1])
-        assert _max_diff(m(x, mixed), cm(x, mixed)) <= 1e-5
-    if round_to == 8:
-        for lp in plan.layers.values():
-            assert len(lp.in_keep) % 8 == 0 or len(lp.in_keep) == lp.in_total
+    m, _, g, _ = random_multidomain(backbone, size=SMALL_INPUT)
+    names = [d.name for d in m.domains]
+    x = torch.rand(7, 3, SMALL_INPUT, SMALL_INPUT)
+    mixed = torch.tensor([0, 2, 1, 1, 0, 2, 1])
+    for seed, p_on in ((0, 0.6), (1, 0.3)):  # random switch patterns (and BN statistics), dense and sparse
+        on = random_switches_(m, p_on=p_on, seed=seed)
+        plan = plan_channels(g, on, names, round_to=round_to)
+        cm = build_compact(m, plan)
+        with torch.no_grad():
+            for d in range(len(names)):  # batch 1, every domain
+                assert _max_diff(m(x[:1], torch.tensor([d])), cm(x[:1], torch.tensor([d]))) <= 1e-5
+            assert _max_diff(m(x, mixed), cm(x, mixed)) <= 1e-5
+        if round_to == 8:
+            for lp in plan.layers.values():
+                assert len(lp.in_keep) % 8 == 0 or len(lp.in_keep) == lp.in_total
 
 
 def test_kept_channels_are_the_union_of_switches_hand_checked():

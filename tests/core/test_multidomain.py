@@ -1,9 +1,9 @@
 import torch
-from helpers import random_multidomain
 
 from bap.core.graph import analyze
 from bap.core.multidomain import DomainSpec, binarize_ste, build_multidomain
 from bap.models import create_backbone
+from bap.testing import random_multidomain
 
 
 def test_budget_one_all_on_reproduces_the_backbone():

@@ -1,7 +1,7 @@
 import torch
-from helpers import random_multidomain
 
 from bap.core.metrics import budget_usage
+from bap.testing import random_multidomain
 from bap.trainer.finalize import project_to_budget_
 
 
