@@ -1,26 +1,35 @@
-"""``bap export``: one compact multi-domain ONNX model (and TensorRT engine), validated."""
+"""``bap export``: one compact multi-domain ONNX model (and TensorRT engines), validated.
+
+Every default comes from :class:`~bap.exporter.config.ExportConfig` (one default per option).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from bap.cli._console import console, setup_logging
 from bap.cli._options import DataRootOpt, QuietOpt, VerboseOpt, parse_csv
+from bap.exporter.config import ExportConfig
 
-__all__ = ["register"]
+if TYPE_CHECKING:
+    from bap.exporter.manifest import Manifest
+
+__all__ = ["config_from_cli", "register"]
+
+D = ExportConfig  # class attributes of the dataclass are its defaults
 
 
-def plan_table(manifest: dict) -> Table:
+def plan_table(manifest: Manifest) -> Table:
     """Per-stage kept/total channels and MACs (executed by the compact model and per domain)."""
-    names = [d["name"] for d in manifest["domains"]]
+    names = manifest.domain_names
     t = Table(title="channel plan (kept/total; MACs relative to the backbone stage)")
     for col in ("stage", "convs", "in ch.", "out ch.", "executed", *names):
         t.add_column(col, justify="left" if col == "stage" else "right")
-    for r in manifest["plan_summary"]:
+    for r in manifest.plan_summary:
         base = max(1, r["macs_backbone"])
         t.add_row(
             r["stage"],
@@ -30,15 +39,29 @@ def plan_table(manifest: dict) -> Table:
             f"{r['macs_executed'] / base:.2f}",
             *[f"{r['macs'][n] / base:.2f}" for n in names],
         )
-    t.add_row(
-        "[bold]total",
-        "",
-        "",
-        "",
-        f"[bold]{manifest['rel_macs_executed']:.3f}",
-        *[f"[bold]{manifest['rel_macs'][n]:.3f}" for n in names],
-    )
+    executed = manifest.rel_macs_executed if manifest.rel_macs_executed is not None else manifest.rel_macs_mean
+    t.add_row("[bold]total", "", "", "", f"[bold]{executed:.3f}", *[f"[bold]{manifest.rel_macs[n]:.3f}" for n in names])
     return t
+
+
+def _csv_or_all(value: str, empty: tuple[str, ...]) -> tuple[str, ...]:
+    low = value.strip().lower()
+    return empty if low in ("none", "") else ("all",) if low == "all" else parse_csv(value)
+
+
+def config_from_cli(
+    run_dir: Path, domains: str, specialise: str, out: Path | None, data_root: Path | None, **options
+) -> ExportConfig:
+    """The :class:`ExportConfig` of a command line (``domains``/``specialise`` as typed: ``all``, ``none``, ``a,b``)."""
+    doms = parse_csv(domains) if domains.strip().lower() != "all" else ()
+    return ExportConfig(
+        run_dir=str(run_dir),
+        domains=doms,
+        specialise=_csv_or_all(specialise, ()),
+        out=str(out) if out else None,
+        data_root=str(data_root) if data_root else None,
+        **options,
+    )
 
 
 def export(
@@ -46,8 +69,10 @@ def export(
     budget: Annotated[
         float | None,
         typer.Option(help="Trained budget to export (required if the run has several).", show_default=False),
-    ] = None,
-    target: Annotated[str, typer.Option(help="onnx, or trt (also build a TensorRT engine on this machine).")] = "onnx",
+    ] = D.budget,
+    target: Annotated[
+        str, typer.Option(help="onnx, or trt (also build TensorRT engines for every model file on this machine).")
+    ] = D.target,
     graph: Annotated[
         str,
         typer.Option(
@@ -56,44 +81,53 @@ def export(
             "or auto (routed for --target onnx with several domains of a per-domain method; tables for --target trt, "
             "one domain, or dgprune/feature runs, whose domains share one network)."
         ),
-    ] = "auto",
-    precision: Annotated[str, typer.Option(help="fp32 or fp16 (fp16 is carried by the ONNX file).")] = "fp32",
+    ] = D.graph,
+    precision: Annotated[str, typer.Option(help="fp32 or fp16 (fp16 is carried by the ONNX file).")] = D.precision,
     domains: Annotated[
         str, typer.Option(help="Domains the model serves: all, or a,b. Naming one also writes its specialised model.")
-    ] = "all",
+    ] = "all",  # ExportConfig.domains == () (see config_from_cli)
     specialise: Annotated[
         str, typer.Option(help="Also write single-domain specialised models: none, all, or a,b.")
-    ] = "none",
+    ] = "none",  # ExportConfig.specialise == ()
     round_to: Annotated[
         int,
         typer.Option(
-            help="Pad kept channel counts to a multiple of 1, 8, 16 or 32: ONNX Runtime's fast CPU convs need 16 on AVX-512, 8 on AVX2; TensorRT likes 8."
+            help=f"Pad kept channel counts to a multiple of 1, 8, 16 or 32 (default {D.round_to}: ONNX Runtime's CPU "
+            "blocked NCHWc convs need multiples of 8 on AVX2 / 16 on AVX-512, else they fall back to slow kernels)."
         ),
-    ] = 1,
+    ] = D.round_to,
     gather_threshold: Annotated[
         float,
         typer.Option(
-            help="Stream convs gather their kept inputs only when keeping at most this fraction; else they read the full stream with zero weight columns."
+            help=f"Stream convs gather their kept inputs only when keeping at most this fraction (default "
+            f"{D.gather_threshold}: above it a Gather costs more than the zero weight columns it saves), else they "
+            "read the full stream."
         ),
-    ] = 1.0,
+    ] = D.gather_threshold,
     batch_size: Annotated[
         int, typer.Option(help="Mixed-domain validation batch; TensorRT profile's optimal batch.")
-    ] = 16,
-    max_batch: Annotated[int, typer.Option(help="Largest batch of the TensorRT profile.")] = 64,
-    opset: Annotated[int, typer.Option(help="ONNX opset (13-21; 17 parses on TensorRT 8.5+).")] = 17,
+    ] = D.batch_size,
+    max_batch: Annotated[int, typer.Option(help="Largest batch of the TensorRT profile.")] = D.max_batch,
+    opset: Annotated[int, typer.Option(help="ONNX opset (13-21; 17 parses on TensorRT 8.5+).")] = D.opset,
     atol: Annotated[
         float | None,
-        typer.Option(help="Max |ONNX - PyTorch| on logits (default 1e-4 fp32, 5e-2 fp16).", show_default=False),
-    ] = None,
+        typer.Option(
+            help="Max |ONNX - PyTorch| on logits (default: the graph layout's tolerance, 1e-4 fp32, 5e-2 fp16).",
+            show_default=False,
+        ),
+    ] = D.atol,
+    validation_images: Annotated[
+        int, typer.Option(help="Test images per served domain that validation compares (at least 1).")
+    ] = D.validation_images,
     out: Annotated[
         Path | None,
         typer.Option("--out", "-o", help="Export directory (default exports/<run>-b<budget>).", show_default=False),
-    ] = None,
+    ] = None,  # ExportConfig.out
     allow_mismatch: Annotated[
         bool, typer.Option("--allow-mismatch", help="Publish even if validation fails (marked in the manifest).")
-    ] = False,
-    data_root: DataRootOpt = None,
-    workspace_mb: Annotated[int, typer.Option(help="TensorRT builder workspace (MiB).")] = 1024,
+    ] = D.allow_mismatch,
+    data_root: DataRootOpt = None,  # ExportConfig.data_root
+    workspace_mb: Annotated[int, typer.Option(help="TensorRT builder workspace (MiB).")] = D.workspace_mb,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -102,31 +136,14 @@ def export(
     The model takes image float32 [B,3,H,W] in [0,1] and domain int64 [B] (per sample) and returns logits [B,K_max]
     padded with -inf. Validation against the trained model always runs; nothing is published if it fails.
     """
-    from bap.exporter import ExportConfig
     from bap.exporter import export as run_export
 
     setup_logging(verbose, quiet)
-    low = specialise.strip().lower()
-    spec = () if low in ("none", "") else ("all",) if low == "all" else parse_csv(specialise)
-    cfg = ExportConfig(
-        run_dir=str(run_dir),
-        budget=budget,
-        target=target,
-        graph=graph,
-        precision=precision,
-        domains=parse_csv(domains),
-        specialise=spec,
-        round_to=round_to,
-        gather_threshold=gather_threshold,
-        batch_size=batch_size,
-        max_batch=max_batch,
-        opset=opset,
-        atol=atol,
-        out=str(out) if out else None,
-        allow_mismatch=allow_mismatch,
-        data_root=str(data_root) if data_root else None,
-        workspace_mb=workspace_mb,
-    )
+    cfg = config_from_cli(
+        run_dir, domains, specialise, out, data_root, budget=budget, target=target, graph=graph, precision=precision,
+        round_to=round_to, gather_threshold=gather_threshold, batch_size=batch_size, max_batch=max_batch, opset=opset,
+        atol=atol, allow_mismatch=allow_mismatch, workspace_mb=workspace_mb, validation_images=validation_images,
+    )  # fmt: skip
 
     def say(stage: str, msg: str) -> None:
         if not quiet:
@@ -135,12 +152,12 @@ def export(
 
     res = run_export(cfg, say)
     if not quiet:
-        console.print(plan_table(res.manifest))
-        timing = ", ".join(f"{k} {v:.1f}s" for k, v in res.timings.items())
         m = res.manifest
+        console.print(plan_table(m))
+        timing = ", ".join(f"{k} {v:.1f}s" for k, v in res.timings.items())
         console.print(
-            f"exported {res.out_dir} ({m['graph']} graph): rel MACs executed per sample {m['rel_macs_executed']:.3f} "
-            f"(domains' own mean {m['rel_macs_mean']:.3f}), rel params {m['rel_params']:.3f}; {timing}"
+            f"exported {res.out_dir} ({m.graph} graph): rel MACs executed per sample {m.rel_macs_executed:.3f} "
+            f"(domains' own mean {m.rel_macs_mean:.3f}), rel params {m.rel_params:.3f}; {timing}"
         )
 
 

@@ -1,11 +1,13 @@
-"""``bap export``: one compact multi-domain ONNX model (and a TensorRT engine), validated before it is published.
+"""``bap export``: one compact multi-domain ONNX model (and TensorRT engines), validated before it is published.
 
-Public API: :class:`ExportConfig`, :func:`export`, :func:`read_manifest`.
+Public API: :class:`ExportConfig`, :func:`export` (returns an :class:`~bap.exporter.pipeline.ExportResult` whose
+``manifest`` is a :class:`Manifest`), :func:`read_manifest`. Importing this package does not import torch or onnx.
 """
 
 from bap.exporter.config import ExportConfig
+from bap.exporter.manifest import Manifest, read_manifest
 
-__all__ = ["ExportConfig", "export", "read_manifest"]
+__all__ = ["ExportConfig", "Manifest", "export", "read_manifest"]
 
 
 def export(cfg: ExportConfig, callback=None):
@@ -13,10 +15,3 @@ def export(cfg: ExportConfig, callback=None):
     from bap.exporter.pipeline import export as _export
 
     return _export(cfg, callback)
-
-
-def read_manifest(path):
-    """Read and validate a manifest (see :func:`bap.exporter.manifest.read_manifest`)."""
-    from bap.exporter.manifest import read_manifest as _read
-
-    return _read(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ MIN_OPSET, MAX_OPSET = 13, 21  # 13: Gather/Unsqueeze with tensor axes; 21: newe
 TARGETS = ("onnx", "trt")
 GRAPH_CHOICES = ("auto", "tables", "routed")  # bap.exporter.layouts.LAYOUTS plus auto
 PRECISIONS = ("fp32", "fp16")
+ROUND_TO = (1, 8, 16, 32)
 
 
 @dataclass(frozen=True)
@@ -33,17 +35,21 @@ class ExportConfig:
         domains: domains the compact model serves (empty = all); naming exactly one also writes its
             specialised model.
         specialise: domains that get a single-domain specialised model (``("all",)`` for every one).
-        round_to: pad kept channel counts to a multiple of this (1, 8, 16, 32).
+        round_to: pad kept channel counts to a multiple of this (1, 8, 16, 32); 16 (the setting of every
+            published latency) suits ONNX Runtime's CPU blocked NCHWc convs (channel blocks of 8 on AVX2,
+            16 on AVX-512) and TensorRT's tensor cores (multiples of 8).
         gather_threshold: stream consumers gather their kept input channels only when they keep at most this
             fraction; above it they read the full-width stream with zero weight columns (no gather).
         batch_size: mixed-domain validation batch, and the TensorRT profile's optimal batch.
         max_batch: largest batch of the TensorRT profile.
         opset: ONNX opset.
-        atol: max |ONNX - PyTorch| allowed on the logits (fp32 is expected to match to ~1e-5).
+        atol: max |ONNX - PyTorch| allowed on the logits (default: the graph layout's declared tolerance for the
+            precision, :attr:`bap.exporter.layouts.LayoutContract.atol`).
         out: export directory (default ``exports/<run>-b<budget>``).
         allow_mismatch: publish even when validation fails (the manifest says so).
         data_root: where the run's data lives if it moved (validation images).
         workspace_mb: TensorRT builder workspace limit.
+        validation_images: test images per served domain that validation runs through both models.
     """
 
     run_dir: str
@@ -53,8 +59,8 @@ class ExportConfig:
     precision: str = "fp32"
     domains: tuple[str, ...] = ()
     specialise: tuple[str, ...] = ()
-    round_to: int = 1
-    gather_threshold: float = 0.5
+    round_to: int = 16  # ONNX Runtime's CPU NCHWc convs block channels by 8 (AVX2) / 16 (AVX-512)
+    gather_threshold: float = 0.5  # a Gather of most channels costs more than the zero columns it saves
     batch_size: int = 16
     max_batch: int = 64
     opset: int = 17
@@ -66,47 +72,23 @@ class ExportConfig:
     validation_images: int = 16
 
     def __post_init__(self) -> None:
-        if self.target not in TARGETS:
-            raise ConfigError(f"unknown target {self.target!r}", "use --target onnx or trt")
-        if self.graph not in GRAPH_CHOICES:
-            raise ConfigError(f"unknown graph layout {self.graph!r}", f"use --graph {', '.join(GRAPH_CHOICES)}")
-        if self.graph == "routed" and self.target == "trt":
-            raise ConfigError(
-                "--graph routed is for ONNX Runtime (its branch weights are derived in the graph; not built for TensorRT)",
-                "use --graph tables (or auto) with --target trt",
-            )
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {self.precision!r}", "use --precision fp32 or fp16")
-        if self.round_to not in (1, 8, 16, 32):
-            raise ConfigError(f"--round-to must be 1, 8, 16 or 32, got {self.round_to}", "fix --round-to")
-        if not (MIN_OPSET <= self.opset <= MAX_OPSET):
-            raise ConfigError(
-                f"opset {self.opset} is not supported", f"use --opset between {MIN_OPSET} and {MAX_OPSET}"
-            )
-        if self.budget is not None and not (math.isfinite(self.budget) and 0 < self.budget <= 1):
-            raise ConfigError(f"budget {self.budget} is outside (0, 1]", "pass a budget the run trained (--budget)")
-        if self.batch_size < 1 or self.max_batch < self.batch_size:
-            raise ConfigError(
-                f"batch sizes must satisfy 1 <= --batch-size ({self.batch_size}) <= --max-batch ({self.max_batch})",
-                "fix --batch-size / --max-batch",
-            )
-        if self.atol is not None and not (math.isfinite(self.atol) and self.atol > 0):
-            raise ConfigError(f"--atol must be > 0, got {self.atol}", "e.g. --atol 1e-4")
-        if not (0.0 <= self.gather_threshold <= 1.0):
-            raise ConfigError(
-                f"--gather-threshold must be in [0, 1], got {self.gather_threshold}", "e.g. --gather-threshold 0.5"
-            )
-        if self.validation_images < 1:
-            raise ConfigError("validation needs at least one image per domain", "fix --validation-images")
-        if self.workspace_mb < 16:
-            raise ConfigError(f"--workspace-mb {self.workspace_mb} is too small", "use >= 16")
+        for bad, problem, fix in _RULES:
+            if bad(self):
+                raise ConfigError(problem(self), fix)
 
-    @property
-    def tolerance(self) -> float:
-        """``atol`` or the default for the precision (1e-4 fp32, 5e-2 fp16)."""
+    def tolerance(self, layout: str | None = None) -> float:
+        """``--atol``, or the validation tolerance ``layout`` declares for the precision.
+
+        Args:
+            layout: the resolved graph layout (default: ``graph``; for ``auto``, the strictest layout's).
+        """
         if self.atol is not None:
             return self.atol
-        return 1e-4 if self.precision == "fp32" else 5e-2
+        from bap.exporter.layouts import LAYOUTS  # torch-heavy; config stays importable without it
+
+        layout = layout or self.graph
+        names = LAYOUTS.names() if layout == "auto" else [layout]
+        return min(LAYOUTS.get(n).tolerance(self.precision) for n in names)
 
     def out_dir(self, budget_key: str) -> Path:
         """The export directory."""
@@ -118,3 +100,66 @@ class ExportConfig:
         """JSON form."""
         d = dataclasses.asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _batch_problem(c: ExportConfig) -> str:
+    return f"batch sizes must satisfy 1 <= --batch-size ({c.batch_size}) <= --max-batch ({c.max_batch})"
+
+
+# (is the config bad?, what is wrong, how to fix it): checked in order, the first match is raised
+_RULES: tuple[tuple[Callable[[ExportConfig], bool], Callable[[ExportConfig], str], str], ...] = (
+    (lambda c: c.target not in TARGETS, lambda c: f"unknown target {c.target!r}", "use --target onnx or trt"),
+    (
+        lambda c: c.graph not in GRAPH_CHOICES,
+        lambda c: f"unknown graph layout {c.graph!r}",
+        f"use --graph {', '.join(GRAPH_CHOICES)}",
+    ),
+    (
+        lambda c: c.graph == "routed" and c.target == "trt",
+        lambda c: (
+            "--graph routed is for ONNX Runtime (its branch weights are derived in the graph; not built for TensorRT)"
+        ),
+        "use --graph tables (or auto) with --target trt",
+    ),
+    (
+        lambda c: c.precision not in PRECISIONS,
+        lambda c: f"unknown precision {c.precision!r}",
+        "use --precision fp32 or fp16",
+    ),
+    (
+        lambda c: c.round_to not in ROUND_TO,
+        lambda c: f"--round-to must be 1, 8, 16 or 32, got {c.round_to}",
+        "fix --round-to",
+    ),
+    (
+        lambda c: not (MIN_OPSET <= c.opset <= MAX_OPSET),
+        lambda c: f"opset {c.opset} is not supported",
+        f"use --opset between {MIN_OPSET} and {MAX_OPSET}",
+    ),
+    (
+        lambda c: c.budget is not None and not (math.isfinite(c.budget) and 0 < c.budget <= 1),
+        lambda c: f"budget {c.budget} is outside (0, 1]",
+        "pass a budget the run trained (--budget)",
+    ),
+    (lambda c: c.batch_size < 1 or c.max_batch < c.batch_size, _batch_problem, "fix --batch-size / --max-batch"),
+    (
+        lambda c: c.atol is not None and not (math.isfinite(c.atol) and c.atol > 0),
+        lambda c: f"--atol must be > 0, got {c.atol}",
+        "e.g. --atol 1e-4",
+    ),
+    (
+        lambda c: not (0.0 <= c.gather_threshold <= 1.0),
+        lambda c: f"--gather-threshold must be in [0, 1], got {c.gather_threshold}",
+        "e.g. --gather-threshold 0.5",
+    ),
+    (
+        lambda c: c.validation_images < 1,
+        lambda c: f"--validation-images must be >= 1, got {c.validation_images} (validation needs an image per domain)",
+        "e.g. --validation-images 16",
+    ),
+    (
+        lambda c: c.workspace_mb < 16,
+        lambda c: f"--workspace-mb {c.workspace_mb} is too small",
+        "use >= 16",
+    ),
+)

@@ -14,9 +14,10 @@ TensorRT (pointwise fusion, no data-dependent shapes) and for methods whose doma
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from types import MappingProxyType
+from typing import Any, ClassVar, Protocol
 
 import onnx
 import torch
@@ -25,9 +26,19 @@ from bap.core.compact import ChannelPlan, SpecialisedNet, build_compact, build_s
 from bap.core.metrics import backbone_size, param_bits
 from bap.core.multidomain import MultiDomainNet
 from bap.core.registry import Registry
-from bap.exporter.routed import BranchConv, branch_convs, route_branches, routed_stats
+from bap.exporter.routed import DOMAIN, IMAGE, LOGITS, BranchConv, branch_convs, route_branches, routed_stats
 
-__all__ = ["LAYOUTS", "Branch", "Built", "LayoutJob", "export_single", "resolve_layout"]
+__all__ = [
+    "LAYOUTS",
+    "SINGLE_INPUTS",
+    "Branch",
+    "Built",
+    "LayoutContract",
+    "LayoutJob",
+    "dynamic_axes",
+    "export_single",
+    "resolve_layout",
+]
 
 LAYOUTS: Registry = Registry("graph layout", "--graph")
 
@@ -86,8 +97,42 @@ class Built:
         return sum(self.macs.values()) / len(self.macs)
 
 
+class LayoutContract:
+    """What a layout promises, declared in one place (like optimum's ``OnnxConfig``).
+
+    Attributes:
+        inputs: graph input names, in order (``image`` float32 ``[B,3,H,W]``, ``domain`` int64 ``[B]``).
+        outputs: graph output names (``logits`` ``[B, K_max]``, ``-inf`` beyond each domain's classes).
+        atol: per precision, the max |ONNX - PyTorch| on the logits validation allows (``--atol`` overrides it);
+            fp32 matches to ~1e-6 (pruning removes channels that contribute exactly zero), fp16 to ~1e-2.
+    """
+
+    inputs: tuple[str, ...] = ("image", "domain")
+    outputs: tuple[str, ...] = ("logits",)
+    atol: ClassVar[Mapping[str, float]] = MappingProxyType({"fp32": 1e-4, "fp16": 5e-2})
+
+    @classmethod
+    def tolerance(cls, precision: str) -> float:
+        """The validation tolerance for ``precision``."""
+        return cls.atol[precision]
+
+
+SINGLE_INPUTS = ("image",)  # single-domain models (backbone, specialised): no domain input
+# dynamic axes per tensor name: batch everywhere, spatial size on images
+_AXES = {"image": {0: "batch", 2: "height", 3: "width"}, "domain": {0: "batch"}, "logits": {0: "batch"}}
+
+
+def dynamic_axes(inputs: Sequence[str], outputs: Sequence[str]) -> dict[str, dict[int, str]]:
+    """``torch.onnx.export`` dynamic axes for a contract's inputs and outputs."""
+    return {n: dict(_AXES[n]) for n in (*inputs, *outputs)}
+
+
 class Layout(Protocol):
     """One way to lay the multi-domain model out."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    atol: Mapping[str, float]
 
     def build(self, job: LayoutJob) -> Built:
         """Build the PyTorch side and measure it."""
@@ -104,18 +149,20 @@ def resolve_layout(layout: str, target: str, shared_bn: bool, num_served: int) -
     return "routed" if target == "onnx" and not shared_bn and num_served > 1 else "tables"
 
 
-_DYN = {"image": {0: "batch", 2: "height", 3: "width"}, "domain": {0: "batch"}, "logits": {0: "batch"}}
-_SINGLE_DYN = {"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch"}}
-
-
 def export_single(job: LayoutJob, net: torch.nn.Module) -> onnx.ModelProto:
-    """A single-domain network (specialised or backbone) as ONNX."""
-    return job.to_onnx(net, (torch.rand(2, 3, job.size, job.size),), ["image"], _SINGLE_DYN)
+    """A single-domain network (specialised or backbone) as ONNX: ``image`` -> ``logits``."""
+    outputs = LayoutContract.outputs
+    example = (torch.rand(2, 3, job.size, job.size),)
+    return job.to_onnx(net, example, list(SINGLE_INPUTS), dynamic_axes(SINGLE_INPUTS, outputs))
 
 
 @LAYOUTS.register("tables")
-class TablesLayout:
+class TablesLayout(LayoutContract):
     """The union of the domains' channels, per-domain BN as gathered affine tables (``DESIGN.md`` section 3)."""
+
+    inputs = ("image", "domain")
+    outputs = ("logits",)
+    atol = MappingProxyType({"fp32": 1e-4, "fp16": 5e-2})
 
     def build(self, job: LayoutJob) -> Built:
         """The compact network; every sample executes the union's MACs."""
@@ -130,12 +177,17 @@ class TablesLayout:
     def to_onnx(self, job: LayoutJob, built: Built) -> onnx.ModelProto:
         """Trace the compact network."""
         ex = (torch.rand(2, 3, job.size, job.size), torch.tensor([0, len(job.served) - 1], dtype=torch.long))
-        return job.to_onnx(built.module, ex, ["image", "domain"], _DYN)
+        return job.to_onnx(built.module, ex, list(self.inputs), dynamic_axes(self.inputs, self.outputs))
 
 
 @LAYOUTS.register("routed")
-class RoutedLayout:
+class RoutedLayout(LayoutContract):
     """Per-domain specialised branches over shared weights, samples routed by domain (:mod:`.routed`)."""
+
+    inputs = (IMAGE, DOMAIN)  # the names route_branches gives its graph
+    outputs = (LOGITS,)
+    # branch weights are derived in the graph from the shared tensors with the same float ops (bit-exact in fp32)
+    atol = MappingProxyType({"fp32": 1e-4, "fp16": 5e-2})
 
     def build(self, job: LayoutJob) -> Built:
         """One specialised network per served domain; each sample executes its own domain's MACs."""

@@ -33,9 +33,19 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bap.errors import ExportError
 
-__all__ = ["BranchConv", "RoutedStats", "branch_convs", "route_branches", "routed_stats", "union_channels"]
+__all__ = [
+    "DOMAIN",
+    "IMAGE",
+    "LOGITS",
+    "BranchConv",
+    "RoutedStats",
+    "branch_convs",
+    "route_branches",
+    "routed_stats",
+    "union_channels",
+]
 
-_IMAGE, _DOMAIN, _LOGITS = "image", "domain", "logits"
+IMAGE, DOMAIN, LOGITS = "image", "domain", "logits"  # the graph's inputs and output (its contract)
 
 
 @dataclass(frozen=True)
@@ -179,92 +189,161 @@ def route_branches(
     if not branches or len(branches) != len(convs) or len(branches) != len(num_classes):
         raise ValueError("one branch model, conv map and class count per domain is needed")
     k_max = max(num_classes)
-    names = list(convs[0])
-    shared_ch = union_channels(convs)
-    inits: list[TensorProto] = []
-    shared_arrays = {}
-    for n, (u_out, u_in) in shared_ch.items():
-        w = np.asarray(backbone[n], dtype=np.float32)
-        shared_arrays[n] = np.ascontiguousarray(w[u_out][:, u_in])
-        inits.append(_const(f"shared.{n}.weight", shared_arrays[n]))
+    shared = _SharedWeights.of(convs, backbone, weight_name)
+    nodes, inits = _prologue(k_max)
+    inits += shared.initializers()
+    acc = "route/acc0"
+    for d, (model, bcs, k) in enumerate(zip(branches, convs, num_classes, strict=True)):
+        nxt = LOGITS if d == len(branches) - 1 else f"d{d}/acc"
+        b_nodes, b_inits = _branch(d, model, bcs, k, k_max, shared, acc, nxt)
+        nodes += b_nodes
+        inits += b_inits
+        acc = nxt
+    return _assemble(branches[0], nodes, inits, k_max)
 
-    first = branches[0]
-    opset = next(o.version for o in first.opset_import if o.domain in ("", "ai.onnx"))
-    nodes: list[onnx.NodeProto] = []
-    # ---- routing prologue: one NaN row per image, overwritten by the branch its domain id selects
-    inits += [
+
+@dataclass(frozen=True)
+class _SharedWeights:
+    """Per conv: the backbone's weight over the union of the branches' kept channels (stored once)."""
+
+    channels: dict[str, tuple[list[int], list[int]]]
+    arrays: dict[str, np.ndarray]
+    weight_name: str
+
+    @classmethod
+    def of(
+        cls, convs: Sequence[Mapping[str, BranchConv]], backbone: Mapping[str, np.ndarray], weight_name: str
+    ) -> _SharedWeights:
+        channels = union_channels(convs)
+        arrays = {}
+        for n, (u_out, u_in) in channels.items():
+            w = np.asarray(backbone[n], dtype=np.float32)
+            arrays[n] = np.ascontiguousarray(w[u_out][:, u_in])
+        return cls(channels, arrays, weight_name)
+
+    def initializers(self) -> list[TensorProto]:
+        return [_const(f"shared.{n}.weight", a) for n, a in self.arrays.items()]
+
+    def conv_of(self, initializer: str) -> str | None:
+        """The conv whose weight a branch initializer is (None for other tensors)."""
+        return next((n for n in self.channels if self.weight_name.format(n) == initializer), None)
+
+
+def _prologue(k_max: int) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """Routing prologue: one NaN row per image, overwritten by the branch its domain id selects."""
+    inits = [
         _const("route/nan_row", np.full((1, k_max), np.nan, np.float32)),
         _const("route/k", np.array([k_max], np.int64)),
         _const("route/flat", np.array([-1], np.int64)),
         _const("route/zero", np.array([0], np.int64)),
         _const("route/one", np.array([1], np.int64)),
     ]
-    nodes += [
-        helper.make_node("Shape", [_IMAGE], ["route/image_shape"], name="route/shape"),
+    nodes = [
+        helper.make_node("Shape", [IMAGE], ["route/image_shape"], name="route/shape"),
         helper.make_node(
             "Slice", ["route/image_shape", "route/zero", "route/one"], ["route/batch"], name="route/batch"
         ),
         helper.make_node("Concat", ["route/batch", "route/k"], ["route/out_shape"], axis=0, name="route/concat"),
         helper.make_node("Expand", ["route/nan_row", "route/out_shape"], ["route/acc0"], name="route/init"),
     ]
-    acc = "route/acc0"
-    for d, (model, bcs, k) in enumerate(zip(branches, convs, num_classes, strict=True)):
-        p = f"d{d}/"
-        inits.append(_const(f"{p}id", np.array(d, np.int64)))
-        nodes += [
-            helper.make_node("Equal", [_DOMAIN, f"{p}id"], [f"{p}mask"], name=f"{p}equal"),
-            helper.make_node("NonZero", [f"{p}mask"], [f"{p}nz"], name=f"{p}nonzero"),  # [1, k]
-            helper.make_node("Transpose", [f"{p}nz"], [f"{p}rows2"], perm=[1, 0], name=f"{p}rows2"),  # [k, 1]
-            helper.make_node("Reshape", [f"{p}rows2", "route/flat"], [f"{p}rows"], name=f"{p}rows"),  # [k]
-            helper.make_node("Gather", [_IMAGE, f"{p}rows"], [f"{p}{_IMAGE}"], axis=0, name=f"{p}select"),
-        ]
-        g = model.graph
-        weights = {t.name: t for t in g.initializer}
-        for t in g.initializer:
-            conv = next((n for n in names if weight_name.format(n) == t.name), None)
-            if conv is None:
-                inits.append(_renamed(t, p + t.name))
-                continue
-            orig = numpy_helper.to_array(t)
-            steps = _steps(bcs[conv], *shared_ch[conv])
-            derived = _apply(shared_arrays[conv], steps)
-            if derived.shape != orig.shape or not np.array_equal(derived, orig):
-                raise ExportError(
-                    f"routed graph: branch {d} weight {t.name} is not a slice of the backbone's {conv}",
-                    "export with --graph tables and report this bug",
-                )
-            new_nodes, new_inits = _derive_weight(p + t.name, f"shared.{conv}.weight", steps)
-            nodes += new_nodes
-            inits += new_inits
-        missing = [n for n in names if weight_name.format(n) not in weights]
-        if missing:
+    return nodes, inits
+
+
+def _select(d: int) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """Branch ``d``'s rows of the batch: ``Equal(domain, d) -> NonZero -> Gather(image)``."""
+    p = f"d{d}/"
+    nodes = [
+        helper.make_node("Equal", [DOMAIN, f"{p}id"], [f"{p}mask"], name=f"{p}equal"),
+        helper.make_node("NonZero", [f"{p}mask"], [f"{p}nz"], name=f"{p}nonzero"),  # [1, k]
+        helper.make_node("Transpose", [f"{p}nz"], [f"{p}rows2"], perm=[1, 0], name=f"{p}rows2"),  # [k, 1]
+        helper.make_node("Reshape", [f"{p}rows2", "route/flat"], [f"{p}rows"], name=f"{p}rows"),  # [k]
+        helper.make_node("Gather", [IMAGE, f"{p}rows"], [f"{p}{IMAGE}"], axis=0, name=f"{p}select"),
+    ]
+    return nodes, [_const(f"{p}id", np.array(d, np.int64))]
+
+
+def _branch_weights(
+    d: int, graph: onnx.GraphProto, bcs: Mapping[str, BranchConv], shared: _SharedWeights
+) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """Branch ``d``'s initializers: conv weights derived from the shared tensors (checked exact), others copied."""
+    p = f"d{d}/"
+    nodes: list[onnx.NodeProto] = []
+    inits: list[TensorProto] = []
+    for t in graph.initializer:
+        conv = shared.conv_of(t.name)
+        if conv is None:
+            inits.append(_renamed(t, p + t.name))
+            continue
+        steps = _steps(bcs[conv], *shared.channels[conv])
+        derived, orig = _apply(shared.arrays[conv], steps), numpy_helper.to_array(t)
+        if derived.shape != orig.shape or not np.array_equal(derived, orig):
             raise ExportError(
-                f"routed graph: branch {d} has no initializer for conv {missing[0]}",
+                f"routed graph: branch {d} weight {t.name} is not a slice of the backbone's {conv}",
                 "export with --graph tables and report this bug",
             )
-        for node in g.node:
-            n2 = onnx.NodeProto()
-            n2.CopyFrom(node)
-            n2.name = p + (node.name or node.output[0])
-            n2.input[:] = [p + i if i else i for i in node.input]
-            n2.output[:] = [p + o for o in node.output]
-            nodes.append(n2)
-        out = p + g.output[0].name
-        if k < k_max:
-            inits.append(_const(f"{p}pads", np.array([0, 0, 0, k_max - k], np.int64)))
-            inits.append(_const(f"{p}neg_inf", np.array(-np.inf, np.float32)))
-            nodes.append(helper.make_node("Pad", [out, f"{p}pads", f"{p}neg_inf"], [f"{p}padded"], name=f"{p}pad"))
-            out = f"{p}padded"
-        nxt = _LOGITS if d == len(branches) - 1 else f"{p}acc"
-        nodes.append(helper.make_node("ScatterND", [acc, f"{p}rows2", out], [nxt], name=f"{p}scatter"))
-        acc = nxt
+        new_nodes, new_inits = _derive_weight(p + t.name, f"shared.{conv}.weight", steps)
+        nodes += new_nodes
+        inits += new_inits
+    have = {t.name for t in graph.initializer}
+    missing = [n for n in shared.channels if shared.weight_name.format(n) not in have]
+    if missing:
+        raise ExportError(
+            f"routed graph: branch {d} has no initializer for conv {missing[0]}",
+            "export with --graph tables and report this bug",
+        )
+    return nodes, inits
 
+
+def _prefixed(graph: onnx.GraphProto, p: str) -> list[onnx.NodeProto]:
+    """The branch graph's nodes with every name prefixed (``image`` becomes the branch's selected rows)."""
+    out = []
+    for node in graph.node:
+        n2 = onnx.NodeProto()
+        n2.CopyFrom(node)
+        n2.name = p + (node.name or node.output[0])
+        n2.input[:] = [p + i if i else i for i in node.input]
+        n2.output[:] = [p + o for o in node.output]
+        out.append(n2)
+    return out
+
+
+def _branch(
+    d: int,
+    model: onnx.ModelProto,
+    bcs: Mapping[str, BranchConv],
+    k: int,
+    k_max: int,
+    shared: _SharedWeights,
+    acc: str,
+    nxt: str,
+) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """Branch ``d``: select its rows, run its graph, pad its logits with ``-inf`` and scatter them into ``nxt``."""
+    p = f"d{d}/"
+    nodes, inits = _select(d)
+    w_nodes, w_inits = _branch_weights(d, model.graph, bcs, shared)
+    nodes += w_nodes + _prefixed(model.graph, p)
+    inits += w_inits
+    out = p + model.graph.output[0].name
+    if k < k_max:
+        inits.append(_const(f"{p}pads", np.array([0, 0, 0, k_max - k], np.int64)))
+        inits.append(_const(f"{p}neg_inf", np.array(-np.inf, np.float32)))
+        nodes.append(helper.make_node("Pad", [out, f"{p}pads", f"{p}neg_inf"], [f"{p}padded"], name=f"{p}pad"))
+        out = f"{p}padded"
+    nodes.append(helper.make_node("ScatterND", [acc, f"{p}rows2", out], [nxt], name=f"{p}scatter"))
+    return nodes, inits
+
+
+def _assemble(
+    first: onnx.ModelProto, nodes: list[onnx.NodeProto], inits: list[TensorProto], k_max: int
+) -> onnx.ModelProto:
+    """The routed model: ``image`` (as the branches take it), ``domain int64 [B]`` -> ``logits [B, K_max]``."""
+    opset = next(o.version for o in first.opset_import if o.domain in ("", "ai.onnx"))
     image_in = onnx.ValueInfoProto()
     image_in.CopyFrom(first.graph.input[0])
-    image_in.name = _IMAGE
+    image_in.name = IMAGE
     batch = image_in.type.tensor_type.shape.dim[0].dim_param or "batch"
-    domain_in = helper.make_tensor_value_info(_DOMAIN, TensorProto.INT64, [batch])
-    logits = helper.make_tensor_value_info(_LOGITS, TensorProto.FLOAT, [batch, k_max])
+    domain_in = helper.make_tensor_value_info(DOMAIN, TensorProto.INT64, [batch])
+    logits = helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, [batch, k_max])
     graph = helper.make_graph(nodes, "bap_routed", [image_in, domain_in], [logits], initializer=inits)
     out_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="bap")
     out_model.ir_version = first.ir_version

@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +23,18 @@ from bap.errors import ExportError, MissingDependencyError, UnsupportedDeviceErr
 __all__ = [
     "TRT_INSTALL_HINT",
     "TRT_ONNX_OPS",
+    "EngineJob",
+    "NetworkSettings",
     "build_engine",
+    "build_engines",
+    "engine_jobs",
+    "network_settings",
     "parse_trt_version",
+    "plan_name",
     "profile_shapes",
     "readiness",
     "require_tensorrt",
+    "tensorrt_available",
 ]
 
 log = logging.getLogger(__name__)
@@ -122,9 +131,14 @@ def readiness(
     }
 
 
+def tensorrt_available() -> bool:
+    """Whether the ``tensorrt`` package is installed (found, not imported: importing it loads CUDA libraries)."""
+    return importlib.util.find_spec("tensorrt") is not None
+
+
 def require_tensorrt():
     """Import TensorRT, or raise a one-line :class:`MissingDependencyError` saying what to install and where."""
-    if importlib.util.find_spec("tensorrt") is None:
+    if not tensorrt_available():
         raise MissingDependencyError("TensorRT is not installed", TRT_INSTALL_HINT)
     try:
         import tensorrt as trt
@@ -144,6 +158,67 @@ def _gpu_name() -> str:
     return "unknown"
 
 
+@dataclass(frozen=True)
+class NetworkSettings:
+    """How one TensorRT major builds a given precision: network flags, FP16 builder flag, which ONNX file."""
+
+    flags: int
+    strongly_typed: bool
+    fp16_flag: bool
+    use_fp32_source: bool
+
+
+def network_settings(trt: Any, major: int, precision: str) -> NetworkSettings:
+    """Network-creation flags and precision handling for TensorRT ``major`` (``trt``: the module or a stand-in).
+
+    TensorRT 11 is strongly typed (precision comes from the ONNX file; no FP16 flag); 9.x / 10.x opt into strong
+    typing with the same file; 8.x builds fp16 from the fp32 file with ``BuilderFlag.FP16``. Explicit batch is a
+    flag before 10.x and the only mode since.
+    """
+    creation = trt.NetworkDefinitionCreationFlag
+    legacy_fp16 = precision == "fp16" and major < 9
+    flags, strongly_typed = 0, False
+    if not legacy_fp16 and major in (9, 10) and hasattr(creation, "STRONGLY_TYPED"):
+        flags |= 1 << int(creation.STRONGLY_TYPED)
+        strongly_typed = True  # 11.x accepts and ignores the flag: leave it off there
+    if major < 10 and hasattr(creation, "EXPLICIT_BATCH"):
+        flags |= 1 << int(creation.EXPLICIT_BATCH)
+    return NetworkSettings(flags, strongly_typed, legacy_fp16, legacy_fp16)
+
+
+def _builder(trt: Any, logger: Any) -> Any:
+    try:
+        return trt.Builder(logger)
+    except (TypeError, RuntimeError) as e:  # "factory function returned nullptr": no GPU / driver
+        raise UnsupportedDeviceError(
+            f"TensorRT cannot create a builder ({e})", "build the engine on a machine with an NVIDIA GPU"
+        ) from None
+
+
+def _parse(trt: Any, builder: Any, logger: Any, flags: int, source: Path) -> Any:
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(source)):
+        errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f"TensorRT's ONNX parser rejected {source.name}: {errs[:500]}", "check the readiness report")
+    return network, parser  # the parser owns weights the network refers to: keep it alive until the build
+
+
+def _builder_config(
+    trt: Any, builder: Any, settings: NetworkSettings, shapes: dict[str, tuple], workspace_mb: int, cache: bytes
+) -> Any:
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    if settings.fp16_flag:
+        config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    for name, (mn, opt, mx) in shapes.items():
+        profile.set_shape(name, min=mn, opt=opt, max=mx)
+    config.add_optimization_profile(profile)
+    config.set_timing_cache(config.create_timing_cache(cache), ignore_mismatch=True)
+    return config
+
+
 def build_engine(
     onnx_path: Path,
     engine_path: Path,
@@ -160,7 +235,7 @@ def build_engine(
         shapes: ``{input: (min, opt, max)}`` for the optimisation profile.
 
     Returns:
-        ``{"tensorrt", "gpu", "precision", "seconds", "bytes"}`` recorded in the manifest.
+        ``{"file", "tensorrt", "gpu", "precision", "strongly_typed", "profile", "seconds", "bytes"}`` (manifest).
 
     Raises:
         MissingDependencyError: TensorRT missing. UnsupportedDeviceError: no usable GPU.
@@ -171,43 +246,18 @@ def build_engine(
     trt = require_tensorrt()
     major, _minor = parse_trt_version(trt.__version__)
     logger = trt.Logger(trt.Logger.WARNING)
-    try:
-        builder = trt.Builder(logger)
-    except (TypeError, RuntimeError) as e:  # "factory function returned nullptr": no GPU / driver
-        raise UnsupportedDeviceError(
-            f"TensorRT cannot create a builder ({e})", "build the engine on a machine with an NVIDIA GPU"
-        ) from None
-    source = onnx_path
-    flags = 0
-    strongly_typed = False
-    if precision == "fp16" and major < 9:
-        source = fp32_onnx_path or onnx_path
-    elif major in (9, 10) and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-        # precision comes from the ONNX file, as TensorRT 11 requires; 11.x accepts and ignores the flag
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-        strongly_typed = True
-    if major < 10 and hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(source)):
-        errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ExportError(f"TensorRT's ONNX parser rejected {source.name}: {errs[:500]}", "check the readiness report")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    if precision == "fp16" and major < 9:
-        config.set_flag(trt.BuilderFlag.FP16)
-    profile = builder.create_optimization_profile()
-    for name, (mn, opt, mx) in shapes.items():
-        profile.set_shape(name, min=mn, opt=opt, max=mx)
-    config.add_optimization_profile(profile)
+    builder = _builder(trt, logger)
+    settings = network_settings(trt, major, precision)
+    source = (fp32_onnx_path or onnx_path) if settings.use_fp32_source else onnx_path
+    network, _parser = _parse(trt, builder, logger, settings.flags, source)
     cache_bytes = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=True)
+    config = _builder_config(trt, builder, settings, shapes, workspace_mb, cache_bytes)
     t0 = time.time()
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise ExportError("TensorRT failed to build the engine", "run with --verbose and check the TensorRT log above")
+        raise ExportError(
+            f"TensorRT failed to build the engine for {onnx_path.name}", "run with --verbose and check the TensorRT log"
+        )
     atomic_write_bytes(engine_path, bytes(plan))
     if timing_cache is not None:
         atomic_write_bytes(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
@@ -216,8 +266,75 @@ def build_engine(
         "tensorrt": trt.__version__,
         "gpu": _gpu_name(),
         "precision": precision,
-        "strongly_typed": strongly_typed,
+        "strongly_typed": settings.strongly_typed,
         "profile": {k: [list(s) for s in v] for k, v in shapes.items()},
         "seconds": round(time.time() - t0, 1),
         "bytes": engine_path.stat().st_size,
     }
+
+
+def plan_name(onnx_file: str) -> str:
+    """The engine file of an ONNX file: ``backbone.onnx`` -> ``backbone.plan`` (how runtimes find engines)."""
+    return onnx_file[: -len(".onnx")] + ".plan" if onnx_file.endswith(".onnx") else onnx_file + ".plan"
+
+
+@dataclass(frozen=True)
+class EngineJob:
+    """One engine to build: its ONNX source (and fp32 twin for TensorRT 8.x fp16), engine file and profile."""
+
+    onnx_file: str
+    shapes: dict[str, tuple]
+    fp32_file: str | None = None
+
+    @property
+    def plan_file(self) -> str:
+        """The engine's file name (:func:`plan_name`)."""
+        return plan_name(self.onnx_file)
+
+
+Builder = Callable[..., dict[str, Any]]  # the signature of build_engine
+
+
+def build_engines(
+    root: Path,
+    jobs: Iterable[EngineJob],
+    precision: str,
+    workspace_mb: int,
+    timing_cache: Path | None = None,
+    builder: Builder = build_engine,
+) -> dict[str, dict[str, Any]]:
+    """Build every engine with the same builder settings, sharing one timing cache.
+
+    Args:
+        root: the export directory holding the ONNX files; engines are written beside them.
+        jobs: what to build (the multi-domain model first: a missing TensorRT fails before anything is written).
+        builder: :func:`build_engine` (tests pass a stand-in).
+
+    Returns:
+        ``{plan file: build_engine's facts}`` in build order. If one build fails, the engines already written
+        by this call are removed before the error propagates (the manifest never lists a partial set).
+    """
+    done: dict[str, dict[str, Any]] = {}
+    try:
+        for job in jobs:
+            fp32 = root / job.fp32_file if job.fp32_file else None
+            done[job.plan_file] = builder(
+                root / job.onnx_file, root / job.plan_file, precision, job.shapes, workspace_mb, timing_cache, fp32
+            )
+    except BaseException:
+        for f in done:
+            (root / f).unlink(missing_ok=True)
+        raise
+    return done
+
+
+def engine_jobs(
+    onnx_files: Iterable[str], shapes_of: Callable[[str], dict[str, tuple]], fp32_twins: Mapping[str, str]
+) -> list[EngineJob]:
+    """One job per model file (the multi-domain model first).
+
+    Args:
+        shapes_of: the optimisation profile of an ONNX file (its inputs decide: ``image`` and maybe ``domain``).
+        fp32_twins: per fp16 ONNX file, its fp32 twin (TensorRT 8.x builds fp16 from it).
+    """
+    return [EngineJob(f, shapes_of(f), fp32_twins.get(f)) for f in onnx_files]

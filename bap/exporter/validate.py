@@ -8,6 +8,7 @@ top-1 agreement. Pruning only removes channels that contribute exactly zero, so 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,16 @@ import numpy as np
 import onnx
 import torch
 
-from bap.errors import ExportError
+from bap.errors import ExportError, ValidationError
+from bap.exporter.manifest import CheckResult, ValidationReport
 
 __all__ = [
+    "ValidationMismatchError",
     "ValidationSamples",
     "check_model",
     "compare_logits",
     "ort_session",
+    "require_passed",
     "validate_multidomain",
     "validate_single",
 ]
@@ -90,74 +94,130 @@ class ValidationSamples:
 
 
 def validate_multidomain(
-    path: Path, masked, samples: ValidationSamples, batch_size: int, seed: int = 0
-) -> dict[str, Any]:
-    """Compare ``path`` (inputs ``image``, ``domain``) with the masked model on every served domain.
+    path: Path,
+    masked: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    samples: ValidationSamples,
+    batch_size: int,
+    seed: int = 0,
+    io_names: Sequence[str] = ("image", "domain", "logits"),
+) -> dict[str, CheckResult]:
+    """Compare ``path`` with the masked model on every served domain.
 
     Every sample is run in mixed-domain batches of ``batch_size``; the first four of each domain also alone.
+
+    Args:
+        io_names: the graph's image input, domain input and logits output (its layout's contract).
+
+    Returns:
+        Per served domain, the comparison over all of its samples.
     """
     sess = ort_session(path)
-    per: dict[str, dict[str, Any]] = {
-        n: {"max_abs_diff": 0.0, "agree": [], "padding_ok": True, "samples": 0, "scale": 0.0} for n in samples.names
-    }
+    image, domain, logits = io_names
+    per = {n: _Worst() for n in samples.names}
 
     def run(x: torch.Tensor, served: torch.Tensor) -> None:
         rows = torch.tensor([samples.rows[int(s)] for s in served])
         with torch.no_grad():
             ref = masked(x, rows).numpy()
-        out = sess.run(["logits"], {"image": x.numpy(), "domain": served.numpy().astype(np.int64)})[0]
+        out = sess.run([logits], {image: x.numpy(), domain: served.numpy().astype(np.int64)})[0]
         k = np.array([samples.num_classes[int(s)] for s in served])
         kk = min(ref.shape[1], out.shape[1])
         for i, s in enumerate(served.tolist()):
-            c = compare_logits(ref[i : i + 1, :kk], out[i : i + 1], k[i : i + 1])
-            e = per[samples.names[s]]
-            e["max_abs_diff"] = max(e["max_abs_diff"], c["max_abs_diff"])
-            e["agree"].append(bool(c["top1_agree"][0]))
-            e["padding_ok"] &= c["padding_ok"]
-            e["scale"] = max(e["scale"], c["scale"])
-            e["samples"] += 1
+            per[samples.names[s]].add(compare_logits(ref[i : i + 1, :kk], out[i : i + 1], k[i : i + 1]))
 
-    # batch 1
-    for i, x in enumerate(samples.images):
+    for i, x in enumerate(samples.images):  # batch 1
         for j in range(min(4, x.shape[0])):
             run(x[j : j + 1], torch.tensor([i]))
-    # mixed-domain batches
-    xs = torch.cat(samples.images)
+    xs = torch.cat(samples.images)  # mixed-domain batches
     ds = torch.cat([torch.full((x.shape[0],), i, dtype=torch.long) for i, x in enumerate(samples.images)])
     perm = torch.randperm(xs.shape[0], generator=torch.Generator().manual_seed(seed))
     xs, ds = xs[perm], ds[perm]
     for i in range(0, xs.shape[0], batch_size):
         run(xs[i : i + batch_size], ds[i : i + batch_size])
-    return {
-        n: {
-            "max_abs_diff": e["max_abs_diff"],
-            "top1_agreement": float(np.mean(e["agree"])) if e["agree"] else 1.0,
-            "padding_ok": e["padding_ok"],
-            "samples": e["samples"],
-            "logit_scale": e["scale"],
-        }
-        for n, e in per.items()
-    }
+    return {n: w.result() for n, w in per.items()}
 
 
-def validate_single(path: Path, reference, x: torch.Tensor, num_classes: int, batch_size: int) -> dict[str, Any]:
-    """Compare a single-domain model (input ``image``) with a PyTorch reference callable ``x -> logits``."""
+class _Worst:
+    """Running worst case of :func:`compare_logits` results."""
+
+    def __init__(self) -> None:
+        self.diff, self.scale, self.padding_ok, self.agree = 0.0, 0.0, True, []
+
+    def add(self, c: dict[str, Any]) -> None:
+        self.diff = max(self.diff, c["max_abs_diff"])
+        self.scale = max(self.scale, c["scale"])
+        self.padding_ok &= bool(c["padding_ok"])
+        self.agree.extend(bool(a) for a in c["top1_agree"])
+
+    def result(self) -> CheckResult:
+        top1 = float(np.mean(self.agree)) if self.agree else 1.0
+        return CheckResult(float(self.diff), top1, len(self.agree), float(self.scale), self.padding_ok)
+
+
+def validate_single(
+    path: Path,
+    reference: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    num_classes: int,
+    batch_size: int,
+    io_names: Sequence[str] = ("image", "logits"),
+) -> CheckResult:
+    """Compare a single-domain model (``image`` -> ``logits``) with a PyTorch reference callable ``x -> logits``."""
     sess = ort_session(path)
-    worst, agree, scale = 0.0, [], 0.0
+    image, logits = io_names
+    worst = _Worst()
     for i in range(0, x.shape[0], batch_size):
         xb = x[i : i + batch_size]
         with torch.no_grad():
             ref = reference(xb).numpy()
-        out = sess.run(["logits"], {"image": xb.numpy()})[0]
-        c = compare_logits(ref[:, :num_classes], out, np.full(xb.shape[0], num_classes))
-        worst = max(worst, c["max_abs_diff"])
-        scale = max(scale, c["scale"])
-        agree.extend(c["top1_agree"].tolist())
-    if not agree:
+        out = sess.run([logits], {image: xb.numpy()})[0]
+        worst.add(compare_logits(ref[:, :num_classes], out, np.full(xb.shape[0], num_classes)))
+    if not worst.agree:
         raise ExportError("no validation images", "the test split is empty")
-    return {"max_abs_diff": worst, "top1_agreement": float(np.mean(agree)), "samples": len(agree), "logit_scale": scale}
+    return worst.result()
 
 
-def within_tolerance(entry: dict[str, Any], atol: float) -> bool:
-    """``max|Δ| <= atol * max(1, max|logit|)``: absolute for logits of order 1, relative for large ones."""
-    return entry["max_abs_diff"] <= atol * max(1.0, entry.get("logit_scale", 0.0)) and entry.get("padding_ok", True)
+class ValidationMismatchError(ValidationError):
+    """An exported file's logits differ from the trained model's beyond tolerance; nothing was published.
+
+    Attributes:
+        file: the file of the worst check (``model.onnx``, ``backbone.onnx``, ``specialised-<d>.onnx``).
+        domain: the domain whose images showed it.
+        max_abs_diff: its max |ONNX - PyTorch|.
+        atol: the tolerance.
+        report: every check.
+    """
+
+    def __init__(self, report: ValidationReport, file: str, domain: str, check: CheckResult, others: int):
+        self.report, self.file, self.domain = report, file, domain
+        self.max_abs_diff, self.atol = check.max_abs_diff, report.atol
+        what = f"max|Δ| {check.max_abs_diff:.2e}" + ("" if check.padding_ok else ", logits padding is not -inf")
+        more = f"; {others} more check(s) failed" if others else ""
+        super().__init__(
+            f"{file} differs from the trained model on domain {domain}: {what} "
+            f"(atol {report.atol:g} x max(1, |logit| {check.logit_scale:.3g})){more}; nothing was published",
+            "report this bug, or pass --allow-mismatch to publish anyway (marked in the manifest)",
+        )
+
+
+def require_passed(report: ValidationReport, file_domains: Mapping[str, str], model_file: str = "model.onnx") -> None:
+    """Raise for a failed report, naming the worst check's file and domain.
+
+    Args:
+        report: the validation report (``report.domains`` are checks of ``model_file``, keyed by domain;
+            ``report.models`` checks of other files, keyed by file).
+        file_domains: the domain whose images checked each file of ``report.models``.
+        model_file: the multi-domain model's file name.
+
+    Raises:
+        ValidationMismatchError: some check is outside tolerance.
+    """
+    bad = report.failures()
+    if not bad:
+        return
+    key, check = bad[0]
+    if key in report.domains:
+        file, domain = model_file, key
+    else:
+        file, domain = key, file_domains.get(key, "?")
+    raise ValidationMismatchError(report, file, domain, check, len(bad) - 1)

@@ -23,7 +23,7 @@ def test_readiness_of_an_exported_graph(tiny_export):
     assert r["dynamic_inputs"]["image"][0] == "batch"
     assert r["profile"]["image"] == [[1, 3, 32, 32], [8, 3, 32, 32], [32, 3, 32, 32]]
     assert r["profile"]["domain"] == [[1], [8], [32]]
-    assert res.manifest["trt_readiness"]["ok"]
+    assert res.manifest.trt_readiness["ok"]
     r20 = readiness(m, 20, 8, 32, 32, 32)
     assert any("opset 20" in n for n in r20["notes"])  # too new for TensorRT 8.x / 9.x
 
@@ -77,7 +77,7 @@ def test_engine_builds_and_matches_onnx_runtime(tmp_path, tiny_run):
 
     out = tmp_path / "engine"
     res = export(ExportConfig(run_dir=str(tiny_run[0]), budget=0.5, out=str(out), target="trt", validation_images=4))
-    assert (out / "model.plan").is_file() and res.manifest["engine"]["tensorrt"]
+    assert (out / "model.plan").is_file() and res.manifest.engine["tensorrt"]
     ort_model = rt.load(out)
     trt_model = rt.load(out, backend="trt", device="cuda")
     x = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
