@@ -168,7 +168,8 @@ def bench(
 ) -> None:
     """Latency / throughput / memory of the compact model against backbone.onnx, interleaved, with ratios."""
     from bap.core.io import atomic_write_json
-    from bap.runtime.bench import BenchConfig
+    from bap.errors import IncompatibleArtifactError
+    from bap.runtime.bench import BenchConfig, subject_errors
     from bap.runtime.bench import bench as run_bench
 
     setup_logging(verbose, quiet)
@@ -194,19 +195,26 @@ def bench(
 
         plot_bench(doc, plot)
     if not quiet:
-        console.print(bench_table(doc))
-        md = [r for r in doc["ratios"] if r["role"] == "multi-domain"]
-        for r in md:
-            console.print(
-                f"batch {r['batch']}: multi-domain/backbone latency {r['latency']:.2f}x at {r['macs']:.2f}x MACs, params {r['params']:.2f}x, file {r['file_size']:.2f}x"
-            )
-        fast = [r for r in doc["results"] if r["role"] == "backbone" and r.get("latency_ms", {}).get("median", 1e9) < 2]
-        if fast:
-            console.print(
-                f"[yellow]note:[/] the backbone takes {fast[0]['latency_ms']['median']:.2f} ms at batch {fast[0]['batch']}: "
-                "at this size per-operator overhead, not compute, sets the ratios (the multi-domain model has more "
-                "operators); --input-size 224 shows the compute-bound picture"
-            )
+        _print_bench(doc)
+    if failed := subject_errors(doc):  # the other models' failures are rows; the subject's is the command's
+        raise IncompatibleArtifactError(f"the multi-domain model failed: {failed[0]}", "re-export the model")
+
+
+def _print_bench(doc: dict[str, Any]) -> None:
+    """The bench table and its one-line summaries."""
+    console.print(bench_table(doc))
+    md = [r for r in doc["ratios"] if r["role"] == "multi-domain"]
+    for r in md:
+        console.print(
+            f"batch {r['batch']}: multi-domain/backbone latency {r['latency']:.2f}x at {r['macs']:.2f}x MACs, params {r['params']:.2f}x, file {r['file_size']:.2f}x"
+        )
+    fast = [r for r in doc["results"] if r["role"] == "backbone" and r.get("latency_ms", {}).get("median", 1e9) < 2]
+    if fast:
+        console.print(
+            f"[yellow]note:[/] the backbone takes {fast[0]['latency_ms']['median']:.2f} ms at batch {fast[0]['batch']}: "
+            "at this size per-operator overhead, not compute, sets the ratios (the multi-domain model has more "
+            "operators); --input-size 224 shows the compute-bound picture"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -1,6 +1,10 @@
 """Peak memory of one model in a fresh process (run by ``bap bench``; imports only numpy and the runtime).
 
-    python -m bap.runtime._rss_probe MODEL.onnx --batch 8 --size 32 --domains 5 [--threads N] [--device cpu]
+    python -m bap.runtime._rss_probe EXPORT_DIR --role backbone --batch 8 --size 32 --domains 5 \
+        [--backend ort] [--threads N] [--device cpu]
+
+The model is opened as ``bap bench`` opens it (:func:`bap.runtime.backends.open_backend`: the role's file, the
+manifest's ONNX Runtime settings); the bench has already verified the file's checksum.
 
 Prints one JSON line: ``peak_rss_mb`` (the process's lifetime peak), ``baseline_rss_mb`` (after imports, before
 the session) and, where measurable, ``gpu_mem_delta_mb`` (NVML, desktop GPUs) or ``ram_delta_mb`` (Jetson: unified
@@ -61,8 +65,11 @@ def _gpu_used_mb() -> float | None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Open one model of an export, run it, print its memory facts as one JSON line."""
     p = argparse.ArgumentParser()
-    p.add_argument("model")
+    p.add_argument("export")
+    p.add_argument("--role", default="multi-domain", help="multi-domain, backbone or specialised:<domain>")
+    p.add_argument("--backend", default="ort")
     p.add_argument("--batch", type=int, required=True)
     p.add_argument("--size", type=int, required=True)
     p.add_argument("--domains", type=int, default=0, help="number of domains (0: single-domain model)")
@@ -71,30 +78,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", type=int, default=5)
     a = p.parse_args(argv)
     import numpy as np
-    import onnxruntime as ort
 
-    providers = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}.get(
-        a.device, ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    )
-    providers = [x for x in providers if x in ort.get_available_providers()]
+    from bap.exporter.manifest import read_manifest
+    from bap.runtime.backends import open_backend
+
+    manifest = read_manifest(a.export)
+    if a.backend == "ort":  # the baseline includes the runtime library: the delta is the session and its runs
+        import onnxruntime  # noqa: F401
     base_rss, base_gpu, base_avail = _rss_mb(), _gpu_used_mb(), _mem_available_mb()
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if a.threads:
-        so.intra_op_num_threads = a.threads
-    sess = ort.InferenceSession(a.model, so, providers=providers)
+    be = open_backend(a.backend, a.export, manifest, a.role, a.device, a.threads or None, verify=False)
     rng = np.random.default_rng(0)
     feeds = {"image": rng.random((a.batch, 3, a.size, a.size), dtype=np.float32)}
-    names = {i.name for i in sess.get_inputs()}
     for i in range(max(a.runs, a.domains)):
         if a.domains:  # rotate as the timed runs do: every branch of a routed model runs at least once
             feeds["domain"] = ((np.arange(a.batch) + i) % a.domains).astype(np.int64)
-        sess.run(None, {k: v for k, v in feeds.items() if k in names})
-    out = {
-        "peak_rss_mb": _peak_rss_mb(),
-        "baseline_rss_mb": base_rss,
-        "providers": sess.get_providers(),
-    }
+        be.run(feeds)
+    out = {"peak_rss_mb": _peak_rss_mb(), "baseline_rss_mb": base_rss, "providers": be.providers}
     gpu = _gpu_used_mb()
     if gpu is not None and base_gpu is not None:
         out["gpu_mem_delta_mb"] = gpu - base_gpu

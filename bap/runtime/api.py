@@ -1,22 +1,30 @@
 """The inference API: open an export (directory or self-describing ``model.onnx``), validate inputs, run.
 
 Inputs are checked before the runtime sees them (dtype, rank, channels, spatial size, NaN/Inf, empty batch,
-domain names / ids), and every problem is a one-line :class:`~bap.errors.InputError`.
+domain names / ids), and every problem is a one-line :class:`~bap.errors.InputError`. The export's files are
+checked against the manifest's sha256 before they are opened.
+
+Needs only numpy, Pillow and ONNX Runtime: neither torch nor onnx is imported, also while loading and predicting.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
-from bap.core.io import file_sha256
 from bap.errors import ConfigError, IncompatibleArtifactError, InputError
+from bap.runtime.imaging import decode_image, resize_array, resize_center_crop_array, to_rgb_array
+
+if TYPE_CHECKING:
+    from bap.exporter.manifest import Manifest
 
 __all__ = ["ImageLike", "Model", "Prediction", "load"]
 
@@ -54,22 +62,88 @@ def _softmax_valid(logits: np.ndarray, k: int) -> np.ndarray:
     return e / e.sum()
 
 
+# (predicate, problem, fix) per structural check of a batch, in the order they are tried
+_BatchCheck = tuple[Callable[[np.ndarray], bool], Callable[[np.ndarray], str], str]
+_BATCH_CHECKS: tuple[_BatchCheck, ...] = (
+    (
+        lambda x: x.ndim != 4,
+        lambda x: f"expected rank 4 [B,3,H,W], got shape {tuple(x.shape)}",
+        "add a batch axis: x[None]",
+    ),
+    (lambda x: x.shape[0] == 0, lambda x: "empty batch (B = 0)", "pass at least one image"),
+    (
+        lambda x: x.shape[1] != 3,
+        lambda x: f"expected 3 channels (RGB, NCHW), got shape {tuple(x.shape)}",
+        "convert to RGB; use predict() for grayscale/RGBA files",
+    ),
+    (
+        lambda x: x.shape[2] < 1 or x.shape[3] < 1,
+        lambda x: f"empty spatial size {tuple(x.shape[2:])}",
+        "pass real images",
+    ),
+    (lambda x: not np.all(np.isfinite(x)), lambda x: "input contains NaN or Inf", "clean the input"),
+)
+
+
+def _as_numpy(x: Any) -> Any:
+    """A torch tensor as numpy, without importing torch (a tensor exists only if the caller imported it)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return x
+
+
+def _to_float(x: np.ndarray) -> np.ndarray:
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / 255.0
+    if x.dtype.kind != "f":
+        raise InputError(f"dtype {x.dtype} is not supported", "pass float32 in [0,1] or uint8 in [0,255]")
+    return x
+
+
+def _array_to_chw(image: np.ndarray) -> np.ndarray:
+    """``[H,W]``, ``[H,W,C]`` or ``[C,H,W]`` (C = 1, 3, 4; uint8 or float in [0, 1]) -> float32 ``[3,H,W]``."""
+    a = image
+    if a.ndim == 2:
+        a = np.repeat(a[None], 3, 0)
+    elif a.ndim == 3 and a.shape[-1] in (1, 3, 4) and a.shape[0] not in (1, 3):
+        a = np.moveaxis(a, -1, 0)
+    if a.ndim != 3 or a.shape[0] not in (1, 3, 4):
+        raise InputError(f"cannot read an image from an array of shape {a.shape}", "pass [H,W], [H,W,C] or [C,H,W]")
+    a = a[:3] if a.shape[0] == 4 else np.repeat(a, 3, 0) if a.shape[0] == 1 else a
+    a = a.astype(np.float32) / (255.0 if image.dtype == np.uint8 else 1.0)
+    if not np.all(np.isfinite(a)):
+        raise InputError("image array contains NaN or Inf", "clean the input")
+    return np.clip(a, 0.0, 1.0)
+
+
+def _image_to_chw(image: ImageLike) -> np.ndarray:
+    """A file path, array or PIL image as float32 ``[3, H, W]`` in [0, 1]."""
+    if isinstance(image, (str, os.PathLike)):
+        return to_rgb_array(decode_image(image))
+    if isinstance(image, np.ndarray):
+        return _array_to_chw(image)
+    if hasattr(image, "convert") and hasattr(image, "size"):  # PIL image
+        return to_rgb_array(image)
+    raise InputError(f"cannot read an image from {type(image).__name__}", "pass a file path, PIL image or array")
+
+
 class Model:
     """An exported bap model ready to run.
 
     Attributes:
-        manifest: the validated ``bap.export/1`` manifest.
+        manifest: the validated ``bap.export/1`` manifest (:class:`~bap.exporter.manifest.Manifest`).
         domains: served domain names (index = domain id).
         backend: the inference backend (``providers`` says what actually runs).
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any], backend: Any):
+    def __init__(self, path: Path, manifest: Manifest, backend: Any):
         self.path = path
         self.manifest = manifest
         self.backend = backend
-        self.domains = [d["name"] for d in manifest["domains"]]
-        self.classes = {d["name"]: list(d["classes"]) for d in manifest["domains"]}
-        self.preprocess = manifest["input"]["preprocess"]
+        self.domains = manifest.domain_names
+        self.classes = manifest.classes
+        self.preprocess = manifest.input.preprocess
 
     def __repr__(self) -> str:
         return f"Model({self.path}, domains={self.domains}, backend={self.backend.name}, providers={self.backend.providers})"
@@ -103,7 +177,7 @@ class Model:
 
     def input_size(self, domain: str | int) -> int:
         """The square input size of ``domain`` (its center crop)."""
-        return int(self.preprocess[self.domains[self.domain_index(domain)]]["crop"])
+        return int(self.preprocess[self.domains[self.domain_index(domain)]].crop)
 
     # ------------------------------------------------------------------------------------------- arrays
     def check_batch(self, x: Any) -> np.ndarray:
@@ -112,36 +186,16 @@ class Model:
         uint8 input is accepted and scaled by 1/255; any other non-float dtype, another rank or channel count,
         NaN/Inf, an empty batch or values far outside [0, 1] are refused.
         """
-        if not isinstance(x, np.ndarray):
-            try:
-                import torch
-
-                if isinstance(x, torch.Tensor):
-                    x = x.detach().cpu().numpy()
-            except ImportError:
-                pass
+        x = _as_numpy(x)
         if not isinstance(x, np.ndarray):
             raise InputError(
                 f"expected a numpy array [B,3,H,W], got {type(x).__name__}", "use predict() for images or files"
             )
-        if x.dtype == np.uint8:
-            x = x.astype(np.float32) / 255.0
-        elif x.dtype.kind != "f":
-            raise InputError(f"dtype {x.dtype} is not supported", "pass float32 in [0,1] or uint8 in [0,255]")
-        if x.ndim != 4:
-            raise InputError(f"expected rank 4 [B,3,H,W], got shape {tuple(x.shape)}", "add a batch axis: x[None]")
-        if x.shape[0] == 0:
-            raise InputError("empty batch (B = 0)", "pass at least one image")
-        if x.shape[1] != 3:
-            raise InputError(
-                f"expected 3 channels (RGB, NCHW), got shape {tuple(x.shape)}",
-                "convert to RGB; use predict() for grayscale/RGBA files",
-            )
-        if x.shape[2] < 1 or x.shape[3] < 1:
-            raise InputError(f"empty spatial size {tuple(x.shape[2:])}", "pass real images")
-        if not np.all(np.isfinite(x)):
-            raise InputError("input contains NaN or Inf", "clean the input")
-        lo, hi = self.manifest["input"]["pixel_range"]
+        x = _to_float(x)
+        for bad, problem, fix in _BATCH_CHECKS:
+            if bad(x):
+                raise InputError(problem(x), fix)
+        lo, hi = self.manifest.input.pixel_range
         if float(x.min()) < lo - 1e-3 or float(x.max()) > hi + 1e-3:
             raise InputError(
                 f"pixel values span [{float(x.min()):.3g}, {float(x.max()):.3g}], outside [{lo}, {hi}]",
@@ -171,50 +225,27 @@ class Model:
             sel = np.flatnonzero(sizes == s)
             xs = x[sel]
             if xs.shape[2:] != (s, s):
-                xs = _resize_batch(xs, int(s))
+                xs = np.clip(resize_array(xs, int(s), int(s)), 0.0, 1.0)
             out[sel] = self.backend.run({"image": xs, "domain": ids[sel]})
         return out
 
     def _k_max(self) -> int:
-        return max(len(c) for c in self.classes.values())
+        return self.manifest.k_max
 
     # ------------------------------------------------------------------------------------------- images
     def load_image(self, image: ImageLike, domain: str | int) -> np.ndarray:
-        """Decode (guarded) and preprocess one image for ``domain``: ``[3, S, S]`` float32 in [0, 1]."""
-        import torch
+        """Decode (guarded) and preprocess one image for ``domain``: ``[3, S, S]`` float32 in [0, 1].
 
-        from bap.data.images import decode_image, resize_center_crop, to_rgb_float
-
+        Resize the shorter side to ``load_size`` (antialiased bilinear), center-crop ``load_size``, then center-crop
+        ``crop``: the evaluation view of training.
+        """
         pre = self.preprocess[self.domains[self.domain_index(domain)]]
-        if isinstance(image, (str, os.PathLike)):
-            t = to_rgb_float(decode_image(image))
-        elif isinstance(image, np.ndarray):
-            a = image
-            if a.ndim == 2:
-                a = np.repeat(a[None], 3, 0)
-            elif a.ndim == 3 and a.shape[-1] in (1, 3, 4) and a.shape[0] not in (1, 3):
-                a = np.moveaxis(a, -1, 0)
-            if a.ndim != 3 or a.shape[0] not in (1, 3, 4):
-                raise InputError(
-                    f"cannot read an image from an array of shape {a.shape}", "pass [H,W], [H,W,C] or [C,H,W]"
-                )
-            a = a[:3] if a.shape[0] == 4 else np.repeat(a, 3, 0) if a.shape[0] == 1 else a
-            a = a.astype(np.float32) / (255.0 if image.dtype == np.uint8 else 1.0)
-            if not np.all(np.isfinite(a)):
-                raise InputError("image array contains NaN or Inf", "clean the input")
-            t = torch.from_numpy(np.clip(a, 0.0, 1.0))
-        elif hasattr(image, "convert") and hasattr(image, "size"):  # PIL image
-            t = to_rgb_float(image)
-        else:
-            raise InputError(
-                f"cannot read an image from {type(image).__name__}", "pass a file path, PIL image or array"
-            )
-        if t.shape[1] < 1 or t.shape[2] < 1:
+        a = _image_to_chw(image)
+        if a.shape[1] < 1 or a.shape[2] < 1:
             raise InputError("image has no pixels", "pass a real image")
-        t = resize_center_crop(t, int(pre["load_size"]))
-        crop, s = int(pre["crop"]), int(pre["load_size"])
-        o = (s - crop) // 2
-        return t[:, o : o + crop, o : o + crop].contiguous().numpy()
+        a = resize_center_crop_array(a, int(pre.load_size))
+        o = (int(pre.load_size) - int(pre.crop)) // 2
+        return np.ascontiguousarray(a[:, o : o + pre.crop, o : o + pre.crop])
 
     def predict(
         self, images: Sequence[ImageLike] | ImageLike, domains: str | int | Sequence[str | int], top_k: int = 5
@@ -244,80 +275,62 @@ class Model:
         return out  # type: ignore[return-value]
 
 
-def _resize_batch(x: np.ndarray, size: int) -> np.ndarray:
-    import torch
-    import torch.nn.functional as F
+def _embedded_manifest(path: Path) -> Manifest:
+    """The manifest embedded in a self-describing ``model.onnx``, read through ONNX Runtime's model metadata.
 
-    t = torch.from_numpy(x)
-    return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1).numpy()
+    The session is created without graph optimisations: it only reads metadata (and proves the file loads), so
+    no optimiser the manifest may disable runs before its settings are known.
+    """
+    import onnxruntime as ort
 
+    from bap.exporter.manifest import manifest_from_onnx
 
-def _verify_files(root: Path, manifest: dict[str, Any], names: Sequence[str]) -> None:
-    files = manifest.get("files", {})
-    for name in names:
-        p = root / name
-        if not p.is_file():
-            raise IncompatibleArtifactError(f"{p} is missing from the export", "re-export the model")
-        info = files.get(name)
-        if isinstance(info, dict) and info.get("sha256") and file_sha256(p) != info["sha256"]:
-            raise IncompatibleArtifactError(
-                f"{p} does not match the hash in manifest.json (modified or corrupt)", "re-export the model"
-            )
-
-
-def _check_onnx(path: Path) -> Any:
-    import onnx
-
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        model = onnx.load(str(path), load_external_data=False)
-        onnx.checker.check_model(model)
-    except Exception as e:  # protobuf DecodeError, ValidationError, OSError
+        meta = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).get_modelmeta()
+    except Exception as e:  # ORT raises its own exception types for invalid models
         raise IncompatibleArtifactError(
-            f"{path} is not a valid ONNX model ({type(e).__name__})", "re-export the model"
+            f"{path} is not a valid ONNX model ({str(e).splitlines()[0][:200]})", "re-export the model"
         ) from None
-    return model
+    return manifest_from_onnx(meta.custom_metadata_map)
 
 
 def load(path: str | os.PathLike, backend: str = "ort", device: str = "cpu", threads: int | None = None) -> Model:
     """Open an export directory (``manifest.json``) or a self-describing ``model.onnx``.
 
+    The file the backend runs is checked against the manifest's size and sha256 first; the manifest's
+    ONNX Runtime settings (``runtime.onnxruntime``) are applied to the session.
+
     Args:
-        backend: ``ort`` (ONNX Runtime) or ``trt`` (the export's TensorRT engine ``model.plan``).
+        path: export directory, or a ``.onnx`` file written by ``bap export`` (its manifest is embedded).
+        backend: ``ort`` (ONNX Runtime) or ``trt`` (the TensorRT engine with the ONNX file's stem, ``model.plan``).
         device: ``cpu``, ``cuda`` or ``jetson`` (ONNX Runtime execution providers follow it).
         threads: intra-op threads of ONNX Runtime (default: its own choice).
 
     Raises:
-        IncompatibleArtifactError: missing, corrupt, modified or foreign export / manifest / ONNX file.
+        IntegrityError: a file of the export is missing, truncated or modified.
+        IncompatibleArtifactError: corrupt or foreign export / manifest / ONNX file.
     """
-    from bap.exporter.manifest import manifest_from_onnx, read_manifest
-    from bap.runtime.backends import BACKENDS
+    from bap.exporter.manifest import read_manifest
+    from bap.runtime.backends import BACKENDS, open_backend
 
     path = Path(path)
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"threads must be a positive integer, got {threads!r}", "e.g. --threads 2")
     if not path.exists():
         raise IncompatibleArtifactError(f"{path} does not exist", "pass an export directory or model.onnx")
+    BACKENDS.get(backend)  # an unknown name fails before any file is read
     if path.is_dir():
-        manifest = read_manifest(path)
-        model_file = path / manifest["model"]
-        _verify_files(path, manifest, [manifest["model"]])
-        _check_onnx(model_file)
-        root = path
+        manifest, root = read_manifest(path), path
+    elif path.suffix == ".onnx":
+        # a lone file: its own name is the model (the manifest records the name at export time)
+        manifest, root = dataclasses.replace(_embedded_manifest(path), model=path.name), path.parent
     else:
-        if path.suffix != ".onnx":
-            raise IncompatibleArtifactError(
-                f"{path} is not an .onnx file or export directory", "pass an export directory or model.onnx"
-            )
-        manifest = manifest_from_onnx(_check_onnx(path))
-        model_file, root = path, path.parent
-    cls = BACKENDS.get(backend)
-    if backend == "trt":
-        engine = root / "model.plan"
-        if not engine.is_file():
-            raise IncompatibleArtifactError(
-                f"{root} has no TensorRT engine (model.plan)", f"build it: bap export RUN --target trt --out {root}"
-            )
-        be = cls(engine, device)
-    else:
-        be = cls(model_file, device, threads)
-    return Model(model_file, manifest, be)
+        raise IncompatibleArtifactError(
+            f"{path} is not an .onnx file or export directory", "pass an export directory or model.onnx"
+        )
+    be = open_backend(backend, root, manifest, "multi-domain", device, threads)
+    log.debug("loaded %s with %s (%s)", root / manifest.model, backend, be.providers)
+    return Model(root / manifest.model, manifest, be)

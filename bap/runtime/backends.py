@@ -1,17 +1,35 @@
-"""Inference backends behind one interface, chosen through a registry: ONNX Runtime and TensorRT engines."""
+"""Inference backends behind one interface, chosen through a registry: ONNX Runtime and TensorRT engines.
+
+Each backend knows which file of an export it runs (:meth:`OrtBackend.file_for`: the ``.onnx``; TensorRT: the
+same stem's ``.plan``), so :func:`open_backend` is the one place that turns (export, role) into a session.
+Roles are ``multi-domain``, ``backbone`` and ``specialised:<domain>``.
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from bap.core.registry import Registry
-from bap.errors import IncompatibleArtifactError, MissingDependencyError, UnsupportedDeviceError
+from bap.errors import ConfigError, IncompatibleArtifactError, MissingDependencyError, UnsupportedDeviceError
 
-__all__ = ["BACKENDS", "Backend", "OrtBackend", "TrtBackend", "ort_providers_for"]
+if TYPE_CHECKING:
+    from bap.exporter.manifest import Manifest, OrtSettings
+
+__all__ = [
+    "BACKENDS",
+    "ROLES",
+    "Backend",
+    "OrtBackend",
+    "TrtBackend",
+    "onnx_file_for",
+    "open_backend",
+    "ort_providers_for",
+    "ort_session_options",
+]
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +40,10 @@ class Backend(Protocol):
     name: str
     providers: list[str]
 
+    @staticmethod
+    def file_for(manifest: Manifest, role: str) -> str:
+        """The file (relative to the export) this backend runs for ``role``."""
+
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Run once and return the first output."""
 
@@ -30,6 +52,75 @@ class Backend(Protocol):
 
 
 BACKENDS: Registry = Registry("backend", "--backend")
+ROLES = ("multi-domain", "backbone", "specialised:<domain>")
+
+
+def onnx_file_for(manifest: Manifest, role: str) -> str:
+    """The ONNX file (relative to the export) that plays ``role``.
+
+    Raises:
+        ConfigError: an unknown role, or a specialised domain the export has no model for.
+    """
+    if role == "multi-domain":
+        return manifest.model
+    if role == "backbone":
+        return manifest.backbone_file
+    domain = role.removeprefix("specialised:")
+    if role.startswith("specialised:") and domain in manifest.specialised:
+        return manifest.specialised[domain].file
+    raise ConfigError(
+        f"the export has no model for role {role!r}",
+        f"use multi-domain, backbone or specialised:<d> with d in {sorted(manifest.specialised)}",
+    )
+
+
+def open_backend(
+    name: str,
+    export_dir: str | Path,
+    manifest: Manifest,
+    role: str = "multi-domain",
+    device: str = "cpu",
+    threads: int | None = None,
+    verify: bool = True,
+) -> Backend:
+    """Open the file of ``export_dir`` that plays ``role`` with backend ``name``.
+
+    Args:
+        name: ``ort`` or ``trt`` (see :data:`BACKENDS`).
+        export_dir: the export directory.
+        manifest: its manifest (file names, checksums, ONNX Runtime settings).
+        role: ``multi-domain``, ``backbone`` or ``specialised:<domain>``.
+        device: ``cpu``, ``cuda`` or ``jetson``.
+        threads: ONNX Runtime intra-op threads (default: its own choice).
+        verify: check the file's size and sha256 against ``manifest.files`` first.
+
+    Raises:
+        IntegrityError: the file is missing, truncated or modified.
+        IncompatibleArtifactError: the backend cannot load it.
+    """
+    cls = BACKENDS.get(name)
+    root = Path(export_dir)
+    file = cls.file_for(manifest, role)
+    if not (root / file).is_file():
+        raise IncompatibleArtifactError(f"{root / file} is missing from the export", cls.missing_fix(root))
+    if verify:
+        manifest.verify_files(root, [file])
+    return cls(root / file, device, threads, settings=manifest.runtime.onnxruntime)
+
+
+def ort_session_options(threads: int | None = None, settings: OrtSettings | None = None) -> Any:
+    """``onnxruntime.SessionOptions`` with bap's defaults and the manifest's ``session_config`` entries."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    for k, v in (settings.session_config if settings else {}).items():
+        so.add_session_config_entry(k, v)
+    return so
+
 
 # preferred ONNX Runtime execution providers per device; TensorRT EP before CUDA EP (ORT tries them in order)
 _PROVIDERS = {
@@ -51,7 +142,24 @@ class OrtBackend:
 
     name = "ort"
 
-    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None, strict: bool = True):
+    @staticmethod
+    def file_for(manifest: Manifest, role: str) -> str:
+        """The ONNX file of ``role``."""
+        return onnx_file_for(manifest, role)
+
+    @staticmethod
+    def missing_fix(root: Path) -> str:
+        """How to get a missing file."""
+        return "re-export the model (bap export)"
+
+    def __init__(
+        self,
+        path: Path,
+        device: str = "cpu",
+        threads: int | None = None,
+        strict: bool = True,
+        settings: OrtSettings | None = None,
+    ):
         import onnxruntime as ort
 
         requested = ort_providers_for(device)
@@ -61,14 +169,14 @@ class OrtBackend:
                 f"ONNX Runtime here has no {requested[0]} (available: {', '.join(available)})",
                 "install onnxruntime-gpu (pip install 'bap[gpu]') or use --device cpu",
             )
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        if threads:
-            so.intra_op_num_threads = threads
-            so.inter_op_num_threads = 1
+        so = ort_session_options(threads, settings)
         self.threads = threads
+        self.settings = settings
+        disabled = list(settings.disabled_optimizers) if settings else []
         try:
-            self.session = ort.InferenceSession(str(path), so, providers=[p for p in requested if p in available])
+            self.session = ort.InferenceSession(
+                str(path), so, providers=[p for p in requested if p in available], disabled_optimizers=disabled
+            )
         except Exception as e:  # ORT raises its own exception types for invalid models
             raise IncompatibleArtifactError(
                 f"ONNX Runtime cannot load {path} ({str(e).splitlines()[0][:200]})", "re-export the model"
@@ -91,6 +199,7 @@ class OrtBackend:
             "onnxruntime": ort.__version__,
             "providers": self.providers,
             "threads": self.threads,
+            "settings": self.settings.to_dict() if self.settings else None,
         }
 
 
@@ -103,7 +212,24 @@ class TrtBackend:
 
     name = "trt"
 
-    def __init__(self, path: Path, device: str = "cuda", threads: int | None = None, strict: bool = True):
+    @staticmethod
+    def file_for(manifest: Manifest, role: str) -> str:
+        """The engine of ``role``: the ONNX file's stem with ``.plan`` (written by ``bap export --target trt``)."""
+        return str(Path(onnx_file_for(manifest, role)).with_suffix(".plan"))
+
+    @staticmethod
+    def missing_fix(root: Path) -> str:
+        """How to get a missing engine."""
+        return f"build the engines: bap export RUN --target trt --out {root}"
+
+    def __init__(
+        self,
+        path: Path,
+        device: str = "cuda",
+        threads: int | None = None,
+        strict: bool = True,
+        settings: OrtSettings | None = None,
+    ):
         from bap.exporter.trt import require_tensorrt
 
         trt = require_tensorrt()

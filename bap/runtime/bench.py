@@ -3,7 +3,9 @@
 For every batch size all models are warmed up, then measured in short alternating chunks (the order rotates
 every round) until each has run ``duration_s`` seconds and at least ``iterations`` times, so clock and thermal
 drift hit every model alike. Peak memory comes from a fresh process per model and batch. Ratios are taken to
-the backbone's medians. A case that fails records an ``error`` and the sweep goes on.
+the backbone's medians. A case that fails records an ``error`` and the sweep goes on; the multi-domain model
+(the subject) must open. Files are found by the backends (:func:`bap.runtime.backends.open_backend`) and checked
+against the manifest's sha256; ONNX Runtime sessions get the manifest's ``runtime.onnxruntime`` settings.
 """
 
 from __future__ import annotations
@@ -14,16 +16,29 @@ import logging
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bap.core.env import versions
-from bap.errors import ConfigError, IncompatibleArtifactError
+from bap.errors import BapError, ConfigError, IncompatibleArtifactError
 
-__all__ = ["BENCH_FORMAT", "BenchConfig", "bench", "latency_stats", "percentile", "validate_bench"]
+if TYPE_CHECKING:
+    from bap.exporter.manifest import Manifest
+
+__all__ = [
+    "BENCH_FORMAT",
+    "BenchConfig",
+    "bench",
+    "latency_stats",
+    "percentile",
+    "ratios",
+    "subject_errors",
+    "validate_bench",
+]
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +129,19 @@ def latency_stats(ms: list[float]) -> dict[str, float]:
     }
 
 
+@dataclass(frozen=True)
+class _Spec:
+    """One model of the comparison: ``label`` in the results, ``role`` within its own export."""
+
+    label: str
+    role: str
+    root: Path
+    manifest: Manifest
+    file: Path
+    macs: float
+    multi: bool
+
+
 @dataclass
 class _Case:
     role: str
@@ -131,77 +159,147 @@ class _Case:
         self.calls += 1
         self.runner.run(feeds)
 
+    def done(self, cfg: BenchConfig) -> bool:
+        """Measured long and often enough (or failed)."""
+        return self.error is not None or (sum(self.ms) >= cfg.duration_s * 1000 and len(self.ms) >= cfg.iterations)
 
-def _multi_macs(manifest: dict[str, Any], domains: list[str]) -> float:
+    def progress(self, cfg: BenchConfig) -> float:
+        """The fraction of the required time / iterations measured."""
+        return min(sum(self.ms) / (cfg.duration_s * 1000), len(self.ms) / cfg.iterations)
+
+
+def _multi_macs(manifest: Manifest, domains: list[str]) -> float:
     """MACs per sample of a multi-domain model over an even mix of ``domains`` (routed: each runs its branch)."""
-    per = manifest.get("macs_executed")
-    if isinstance(per, dict) and all(d in per for d in domains):
-        return sum(per[d] for d in domains) / len(domains)
-    return manifest["macs"]["model"]
+    return manifest.executed_macs(domains)
 
 
-def _models(cfg: BenchConfig, manifest: dict[str, Any], root: Path, domains: list[str]) -> list[dict[str, Any]]:
-    """The models to compare: multi-domain, backbone, specialised ones present in the export, compared exports."""
+def _spec(cfg: BenchConfig, label: str, root: Path, m: Manifest, role: str, macs: float) -> _Spec:
+    from bap.runtime.backends import BACKENDS
+
+    file = root / BACKENDS.get(cfg.backend).file_for(m, role)
+    return _Spec(label, role, root, m, file, macs, role == "multi-domain")
+
+
+def _models(cfg: BenchConfig, manifest: Manifest, root: Path, domains: list[str]) -> list[_Spec]:
+    """The models to compare: multi-domain, backbone, the export's specialised ones, compared exports."""
     from bap.exporter.manifest import read_manifest
 
     out = [
-        {
-            "role": "multi-domain",
-            "file": root / manifest["model"],
-            "macs": _multi_macs(manifest, domains),
-            "multi": True,
-        },
-        {"role": "backbone", "file": root / "backbone.onnx", "macs": manifest["macs"]["backbone"], "multi": False},
+        _spec(cfg, "multi-domain", root, manifest, "multi-domain", _multi_macs(manifest, domains)),
+        _spec(cfg, "backbone", root, manifest, "backbone", manifest.macs.backbone),
     ]
-    served = [d["name"] for d in manifest["domains"]]
     if len({Path(o).resolve() for o in cfg.compare}) < len(cfg.compare):
         raise ConfigError("--compare lists an export twice", "list distinct export directories")
     for other in cfg.compare:
         m = read_manifest(other)
-        if [d["name"] for d in m["domains"]] != served:
+        if m.domain_names != manifest.domain_names:
             raise ConfigError(
                 f"--compare {other} serves other domains than {root}", "compare exports of the same run and domains"
             )
-        label = f"compare:{m.get('graph') or Path(other).resolve().name}"  # short: the bench table fits 80 columns
-        if label in {o["role"] for o in out}:  # two compared exports with one graph: name them by directory
+        label = f"compare:{m.graph or Path(other).resolve().name}"  # short: the bench table fits 80 columns
+        if label in {o.label for o in out}:  # two compared exports with one graph: name them by directory
             label = f"compare:{Path(other).resolve().parent.name}/{Path(other).resolve().name}"
-        out.append({"role": label, "file": Path(other) / m["model"], "macs": _multi_macs(m, domains), "multi": True})
+        out.append(_spec(cfg, label, Path(other), m, "multi-domain", _multi_macs(m, domains)))
     if cfg.specialised:
-        for name, info in sorted(manifest.get("specialised", {}).items()):
-            if (root / info["file"]).is_file():
-                out.append(
-                    {"role": f"specialised:{name}", "file": root / info["file"], "macs": info["macs"], "multi": False}
-                )
+        for name, info in sorted(manifest.specialised.items()):
+            spec = _spec(cfg, f"specialised:{name}", root, manifest, f"specialised:{name}", info.macs)
+            if (root / info.file).is_file():  # specialised models are optional: only those exported
+                out.append(spec)
     return out
 
 
+# ------------------------------------------------------------------------------------------------ ONNX params
+def _varint(b: memoryview, i: int) -> tuple[int, int]:
+    out = shift = 0
+    while True:
+        c = b[i]
+        i += 1
+        out |= (c & 0x7F) << shift
+        if c < 0x80:
+            return out, i
+        shift += 7
+
+
+def _pb_fields(b: memoryview) -> Iterator[tuple[int, int, Any]]:
+    """``(field number, wire type, value)`` of one protobuf message (bytes fields as memoryviews)."""
+    i = 0
+    while i < len(b):
+        key, i = _varint(b, i)
+        num, wt = key >> 3, key & 7
+        if wt == 0:
+            v, i = _varint(b, i)
+        elif wt == 2:
+            n, i = _varint(b, i)
+            v, i = b[i : i + n], i + n
+        elif wt in (1, 5):
+            n = 8 if wt == 1 else 4
+            v, i = b[i : i + n], i + n
+        else:
+            raise ValueError(f"protobuf wire type {wt}")
+        yield num, wt, v
+
+
+def _tensor_floats(t: memoryview) -> int:
+    """Elements of a ``TensorProto`` if it holds float32/float16/bfloat16 (1, 10, 16), else 0."""
+    dims: list[int] = []
+    dtype = 0
+    for num, wt, v in _pb_fields(t):
+        if num == 1 and wt == 0:
+            dims.append(v)
+        elif num == 1 and wt == 2:  # packed dims
+            j = 0
+            while j < len(v):
+                d, j = _varint(v, j)
+                dims.append(d)
+        elif num == 2 and wt == 0:
+            dtype = v
+    return int(np.prod(dims)) if dtype in (1, 10, 16) else 0
+
+
 def _onnx_params(path: Path) -> int:
-    """Float weights stored in the ONNX file (0 if it cannot be read: that case records its own error)."""
-    import onnx
+    """Float weights stored in an ONNX file (0 if it cannot be read: that case records its own error).
 
+    Reads ``ModelProto.graph.initializer`` straight from the protobuf wire format, so the bench needs no onnx.
+    """
     try:
-        m = onnx.load(str(path), load_external_data=False)
-    except Exception:
+        buf = memoryview(path.read_bytes())
+        graphs = [v for num, wt, v in _pb_fields(buf) if num == 7 and wt == 2]
+        return sum(_tensor_floats(t) for g in graphs for num, wt, t in _pb_fields(g) if num == 5 and wt == 2)
+    except (OSError, ValueError, IndexError):
         return 0
-    return int(sum(int(np.prod(t.dims)) for t in m.graph.initializer if t.data_type in (1, 10, 16)))
 
 
-def _runner(cfg: BenchConfig, path: Path):
-    from bap.runtime.backends import BACKENDS
+# ------------------------------------------------------------------------------------------------ running
+def _open(cfg: BenchConfig, spec: _Spec) -> Any:
+    from bap.runtime.backends import open_backend
 
-    if cfg.backend == "trt":
-        plan = path.with_suffix(".plan")
-        if not plan.is_file():
-            raise IncompatibleArtifactError(
-                f"no TensorRT engine {plan.name} next to {path.name}", "build engines with bap export --target trt"
-            )
-        return BACKENDS.get("trt")(plan, cfg.device)
-    return BACKENDS.get("ort")(path, cfg.device, cfg.threads)
+    return open_backend(cfg.backend, spec.root, spec.manifest, spec.role, cfg.device, cfg.threads)
 
 
-def _probe_memory(cfg: BenchConfig, path: Path, batch: int, size: int, domains: int) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "bap.runtime._rss_probe", str(path), "--batch", str(batch), "--size", str(size),
-           "--domains", str(domains), "--device", cfg.device]  # fmt: skip
+def _open_all(cfg: BenchConfig, specs: list[_Spec]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Open every model; the subject (multi-domain) must open, the others record their error."""
+    runners: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for s in specs:
+        try:
+            runners[s.label] = _open(cfg, s)
+        except Exception as e:
+            if s.label == "multi-domain":
+                if isinstance(e, BapError):
+                    raise
+                raise IncompatibleArtifactError(
+                    f"the multi-domain model {s.file} cannot run ({type(e).__name__}: {str(e)[:200]})",
+                    "re-export the model",
+                ) from None
+            errors[s.label] = f"{type(e).__name__}: {e}"
+            log.warning("%s (%s) cannot run: %s", s.label, s.file.name, errors[s.label])
+    return runners, errors
+
+
+def _probe_memory(cfg: BenchConfig, spec: _Spec, batch: int, size: int, domains: int) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bap.runtime._rss_probe", str(spec.root), "--role", spec.role,
+           "--backend", cfg.backend, "--batch", str(batch), "--size", str(size), "--domains", str(domains),
+           "--device", cfg.device]  # fmt: skip
     if cfg.threads:
         cmd += ["--threads", str(cfg.threads)]
     try:
@@ -213,12 +311,51 @@ def _probe_memory(cfg: BenchConfig, path: Path, batch: int, size: int, domains: 
         return {"error": f"memory probe failed: {e}"}
 
 
+def _served_ids(cfg: BenchConfig, served: list[str]) -> list[int]:
+    for d in cfg.domains:
+        if d not in served:
+            raise ConfigError(f"unknown domain {d!r}", f"the export serves: {', '.join(served)} (--domains)")
+    return [served.index(d) for d in cfg.domains] if cfg.domains else list(range(len(served)))
+
+
+def _facts(cfg: BenchConfig, device: Any, manifest: Manifest) -> dict[str, Any]:
+    facts = {
+        "device": cfg.device,
+        "backend": cfg.backend,
+        **device.facts(),
+        "threads": cfg.threads,
+        "chunk_pause_s": CHUNK_PAUSE_S,
+        "domain_rotation": "iteration i feeds sample j domain (i + j) mod D of the served (or --domains) list",
+        "versions": versions(),
+    }
+    if cfg.backend == "ort":  # the contract's session settings, applied to every session (and memory probe)
+        facts["onnxruntime_settings"] = manifest.runtime.onnxruntime.to_dict()
+    return facts
+
+
+def _start_sampler(cfg: BenchConfig, facts: dict[str, Any]) -> Any:
+    if cfg.device != "jetson":
+        return None
+    from bap.runtime.tegrastats import TegrastatsSampler
+
+    if facts.get("jetson", {}).get("jetson_clocks") != "locked":
+        log.warning("Jetson clocks are not locked: run 'sudo jetson_clocks' for stable numbers")
+    if TegrastatsSampler.available():
+        return TegrastatsSampler().start()
+    facts["tegrastats"] = "not found: power and RAM not sampled"
+    return None
+
+
 def bench(cfg: BenchConfig, callback: Any = None) -> dict[str, Any]:
     """Benchmark an export as configured and return the ``bap.bench/1`` document.
 
+    Every file is checked against the manifest's sha256 before it is opened. A backbone, specialised or compared
+    model that cannot run is reported as rows with an ``error``; the multi-domain model must open.
+
     Raises:
         UnsupportedDeviceError: ``--device cuda`` / ``jetson`` on a machine without one (no silent fallback).
-        IncompatibleArtifactError: missing or invalid export.
+        IntegrityError: a file of the multi-domain model is missing, truncated or modified.
+        IncompatibleArtifactError: missing or invalid export, or a multi-domain model that cannot be opened.
     """
     from bap.exporter.manifest import read_manifest
     from bap.runtime.devices import DEVICES
@@ -231,46 +368,15 @@ def bench(cfg: BenchConfig, callback: Any = None) -> dict[str, Any]:
         )
     root = Path(cfg.export)
     manifest = read_manifest(root)
-    served = [d["name"] for d in manifest["domains"]]
-    for d in cfg.domains:
-        if d not in served:
-            raise ConfigError(f"unknown domain {d!r}", f"the export serves: {', '.join(served)} (--domains)")
-    dom_ids = [served.index(d) for d in cfg.domains] if cfg.domains else list(range(len(served)))
-    size = cfg.input_size or int(manifest["input"]["shape"][2])
+    served = manifest.domain_names
+    dom_ids = _served_ids(cfg, served)
+    size = cfg.input_size or manifest.input.size
     specs = _models(cfg, manifest, root, [served[i] for i in dom_ids])
-    for s in specs:
-        if not s["file"].is_file():
-            raise IncompatibleArtifactError(f"{s['file']} is missing", "re-export (bap export writes backbone.onnx)")
+    facts = _facts(cfg, device, manifest)
+    runners, errors = _open_all(cfg, specs)
+    facts["providers"] = runners["multi-domain"].providers
+    sampler = _start_sampler(cfg, facts)
     rng = np.random.default_rng(cfg.seed)
-    facts = {
-        "device": cfg.device,
-        "backend": cfg.backend,
-        **device.facts(),
-        "threads": cfg.threads,
-        "chunk_pause_s": CHUNK_PAUSE_S,
-        "domain_rotation": "iteration i feeds sample j domain (i + j) mod D of the served (or --domains) list",
-        "versions": versions(),
-    }
-    sampler = None
-    if cfg.device == "jetson":
-        from bap.runtime.tegrastats import TegrastatsSampler
-
-        if TegrastatsSampler.available():
-            sampler = TegrastatsSampler().start()
-        else:
-            facts["tegrastats"] = "not found: power and RAM not sampled"
-        if facts.get("jetson", {}).get("jetson_clocks") != "locked":
-            log.warning("Jetson clocks are not locked: run 'sudo jetson_clocks' for stable numbers")
-
-    runners: dict[str, Any] = {}
-    errors: dict[str, str] = {}
-    for s in specs:
-        try:
-            runners[s["role"]] = _runner(cfg, s["file"])
-        except Exception as e:
-            errors[s["role"]] = f"{type(e).__name__}: {e}"
-    if runners:
-        facts["providers"] = next(iter(runners.values())).providers
     results: list[dict[str, Any]] = []
     try:
         for b in cfg.batch_sizes:
@@ -280,11 +386,10 @@ def bench(cfg: BenchConfig, callback: Any = None) -> dict[str, Any]:
             rotations = [np.array([dom_ids[(k + i) % n] for i in range(b)], dtype=np.int64) for k in range(n)]
             cases = []
             for s in specs:
-                feeds = [{"image": x, "domain": r} for r in rotations] if s["multi"] else [{"image": x}]
-                cases.append(_Case(s["role"], s["file"], runners.get(s["role"]), feeds, error=errors.get(s["role"])))
+                feeds = [{"image": x, "domain": r} for r in rotations] if s.multi else [{"image": x}]
+                cases.append(_Case(s.label, s.file, runners.get(s.label), feeds, error=errors.get(s.label)))
             _measure(cfg, cases, callback, b)
-            for s, c in zip(specs, cases, strict=True):
-                results.append(_result(cfg, s, c, b, size, len(served), sampler))
+            results += [_result(cfg, s, c, b, size, len(served), sampler) for s, c in zip(specs, cases, strict=True)]
     finally:
         if sampler is not None:
             sampler.stop()
@@ -300,63 +405,75 @@ def bench(cfg: BenchConfig, callback: Any = None) -> dict[str, Any]:
     }
 
 
-def _measure(cfg: BenchConfig, cases: list[_Case], callback: Any, batch: int) -> None:
-    live = [c for c in cases if c.error is None]
-    if callback:
-        callback.on_phase(f"batch {batch}", 100)
-    # warm-up: first runs allocate memory and pick kernels; discard them
+def subject_errors(doc: dict[str, Any]) -> list[str]:
+    """``batch N: error`` for every multi-domain row of a bench document that failed."""
+    return [f"batch {r['batch']}: {r['error']}" for r in doc["results"] if r["role"] == "multi-domain" and "error" in r]
+
+
+def _fail_case(c: _Case, e: Exception) -> None:
+    c.error = f"{type(e).__name__}: {str(e)[:300]}"
+    log.warning("%s failed: %s", c.role, c.error)
+
+
+def _warm_up(cfg: BenchConfig, live: list[_Case]) -> dict[str, int]:
+    """Warm each model up (first runs allocate memory and pick kernels) and size its ~0.1 s chunk."""
+    chunk = {}
     for c in live:
         try:
             t_end = time.perf_counter() + cfg.warmup_s
             c.run()
             while time.perf_counter() < t_end:
                 c.run()
+            t0 = time.perf_counter()
+            c.run()
+            chunk[c.role] = max(1, int(0.1 / max(time.perf_counter() - t0, 1e-6)))
         except Exception as e:
-            c.error = f"{type(e).__name__}: {str(e)[:300]}"
+            _fail_case(c, e)
+    return chunk
+
+
+def _run_chunk(c: _Case, n: int) -> None:
+    time.sleep(CHUNK_PAUSE_S)
+    start = time.time()
+    try:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            c.run()
+            c.ms.append((time.perf_counter() - t0) * 1000.0)
+    except Exception as e:
+        _fail_case(c, e)
+    c.windows.append((start, time.time()))
+
+
+def _measure(cfg: BenchConfig, cases: list[_Case], callback: Any, batch: int) -> None:
+    if callback:
+        callback.on_phase(f"batch {batch}", 100)
+    live = [c for c in cases if c.error is None]
+    chunk = _warm_up(cfg, live)
     live = [c for c in live if c.error is None]
-    if not live:
-        return
     # chunks of about 0.1 s alternate between models (after a short pause); the order rotates every round
-    chunk = {}
-    for c in live:
-        t0 = time.perf_counter()
-        c.run()
-        chunk[c.role] = max(1, int(0.1 / max(time.perf_counter() - t0, 1e-6)))
     rnd = 0
-    while True:
-        todo = [
-            c for c in live if c.error is None and (sum(c.ms) < cfg.duration_s * 1000 or len(c.ms) < cfg.iterations)
-        ]
-        if not todo:
-            break
-        order = todo[rnd % len(todo) :] + todo[: rnd % len(todo)]
-        for c in order:
-            time.sleep(CHUNK_PAUSE_S)
-            start = time.time()
-            try:
-                for _ in range(chunk[c.role]):
-                    t0 = time.perf_counter()
-                    c.run()
-                    c.ms.append((time.perf_counter() - t0) * 1000.0)
-            except Exception as e:
-                c.error = f"{type(e).__name__}: {str(e)[:300]}"
-            c.windows.append((start, time.time()))
+    while todo := [c for c in live if not c.done(cfg)]:
+        for c in todo[rnd % len(todo) :] + todo[: rnd % len(todo)]:
+            _run_chunk(c, chunk[c.role])
         rnd += 1
         if callback:
-            done = min(1.0, min(min(sum(c.ms) / (cfg.duration_s * 1000), len(c.ms) / cfg.iterations) for c in live))
-            callback.on_advance(0, progress=done)
+            callback.on_advance(0, progress=min(1.0, min(c.progress(cfg) for c in live)))
     if callback:
         callback.on_phase_end()
 
 
-def _result(cfg: BenchConfig, spec: dict, c: _Case, batch: int, size: int, num_domains: int, sampler) -> dict[str, Any]:
+def _result(
+    cfg: BenchConfig, spec: _Spec, c: _Case, batch: int, size: int, num_domains: int, sampler
+) -> dict[str, Any]:
+    onnx = spec.root / _onnx_name(spec)  # params are counted in the ONNX file, also for TensorRT engines
     r: dict[str, Any] = {
-        "model": spec["file"].name,
-        "role": spec["role"],
+        "model": spec.file.name,
+        "role": spec.label,
         "batch": batch,
-        "file_mb": spec["file"].stat().st_size / 2**20,
-        "macs": round(spec["macs"]),
-        "params": _onnx_params(spec["file"]),
+        "file_mb": spec.file.stat().st_size / 2**20 if spec.file.is_file() else 0.0,
+        "macs": round(spec.macs),
+        "params": _onnx_params(onnx),
     }
     if c.error or not c.ms:
         r["error"] = c.error or "no measurements"
@@ -366,15 +483,7 @@ def _result(cfg: BenchConfig, spec: dict, c: _Case, batch: int, size: int, num_d
     r["iterations"] = len(c.ms)
     r["throughput"] = batch * len(c.ms) / (sum(c.ms) / 1000.0)
     if cfg.memory:
-        mem = _probe_memory(cfg, spec["file"], batch, size, num_domains if spec["multi"] else 0)
-        if "error" in mem:
-            r["memory_error"] = mem["error"]
-        else:
-            r["peak_rss_mb"] = mem["peak_rss_mb"]
-            r["rss_delta_mb"] = mem["peak_rss_mb"] - mem["baseline_rss_mb"]
-            for k in ("gpu_mem_delta_mb", "ram_delta_mb"):
-                if k in mem:
-                    r[k] = mem[k]
+        r.update(_memory_fields(_probe_memory(cfg, spec, batch, size, num_domains if spec.multi else 0)))
     if sampler is not None:
         w = sampler.window(c.windows)
         r["tegrastats"] = w
@@ -382,6 +491,19 @@ def _result(cfg: BenchConfig, spec: dict, c: _Case, batch: int, size: int, num_d
             r["power_w_mean"] = w["power_mw_mean"] / 1000.0
             r["energy_mj_per_image"] = w["power_mw_mean"] * lat["mean"] / 1000.0 / batch
     return r
+
+
+def _onnx_name(spec: _Spec) -> str:
+    from bap.runtime.backends import onnx_file_for
+
+    return onnx_file_for(spec.manifest, spec.role)
+
+
+def _memory_fields(mem: dict[str, Any]) -> dict[str, Any]:
+    if "error" in mem:
+        return {"memory_error": mem["error"]}
+    out = {"peak_rss_mb": mem["peak_rss_mb"], "rss_delta_mb": mem["peak_rss_mb"] - mem["baseline_rss_mb"]}
+    return {**out, **{k: mem[k] for k in ("gpu_mem_delta_mb", "ram_delta_mb") if k in mem}}
 
 
 def ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -407,39 +529,50 @@ def ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+_RESULT_TYPES = (("model", str), ("batch", int), ("file_mb", (float, int)), ("macs", int), ("params", int))
+_PERCENTILES = ("min", "mean", "median", "p90", "p95", "p99")
+_RATIO_KEYS = ("batch", "latency", "throughput", "macs", "params", "file_size", "peak_rss")
+
+
+def _result_problem(r: Any) -> str | None:
+    """What is wrong with one result row (``None`` if nothing)."""
+    if not isinstance(r, dict):
+        return "must be an object"
+    for k, t in _RESULT_TYPES:
+        if not isinstance(r.get(k), t):
+            return f".{k} missing or of the wrong type"
+    if "error" in r:
+        return None
+    lat = r.get("latency_ms")
+    if not isinstance(lat, dict) or any(not isinstance(lat.get(k), (int, float)) for k in _PERCENTILES):
+        return ".latency_ms must hold min/mean/median/p90/p95/p99"
+    if not lat["min"] <= lat["median"] <= lat["p90"] <= lat["p95"] <= lat["p99"]:
+        return ".latency_ms percentiles are not ordered"
+    if not isinstance(r.get("throughput"), (int, float)) or r["throughput"] <= 0:
+        return ".throughput must be > 0"
+    return None
+
+
 def validate_bench(doc: Any) -> dict[str, Any]:
     """Check a ``bap.bench/1`` document; raises :class:`IncompatibleArtifactError` naming the bad key."""
 
     def fail(msg: str) -> IncompatibleArtifactError:
         return IncompatibleArtifactError(f"bench JSON: {msg}", "re-run bap bench")
 
-    if not isinstance(doc, dict) or doc.get("format") != BENCH_FORMAT:
-        raise fail(f"format must be {BENCH_FORMAT}")
-    if not isinstance(doc.get("device"), dict):
-        raise fail("device must be an object")
-    res = doc.get("results")
-    if not isinstance(res, list) or not res:
-        raise fail("results must be a non-empty list")
-    for i, r in enumerate(res):
-        for k, t in (("model", str), ("batch", int), ("file_mb", float), ("macs", int), ("params", int)):
-            if not isinstance(r.get(k), (t, int) if t is float else t):
-                raise fail(f"results[{i}].{k} missing or of the wrong type")
-        if "error" in r:
-            continue
-        lat = r.get("latency_ms")
-        if not isinstance(lat, dict) or any(
-            not isinstance(lat.get(k), (int, float)) for k in ("min", "mean", "median", "p90", "p95", "p99")
-        ):
-            raise fail(f"results[{i}].latency_ms must hold min/mean/median/p90/p95/p99")
-        if not lat["min"] <= lat["median"] <= lat["p90"] <= lat["p95"] <= lat["p99"]:
-            raise fail(f"results[{i}].latency_ms percentiles are not ordered")
-        if not isinstance(r.get("throughput"), (int, float)) or r["throughput"] <= 0:
-            raise fail(f"results[{i}].throughput must be > 0")
-    rat = doc.get("ratios")
-    if not isinstance(rat, list):
-        raise fail("ratios must be a list")
-    for i, q in enumerate(rat):
-        for k in ("batch", "latency", "throughput", "macs", "params", "file_size", "peak_rss"):
-            if k not in q:
-                raise fail(f"ratios[{i}].{k} is missing")
+    top = (
+        (lambda d: isinstance(d, dict) and d.get("format") == BENCH_FORMAT, f"format must be {BENCH_FORMAT}"),
+        (lambda d: isinstance(d.get("device"), dict), "device must be an object"),
+        (lambda d: isinstance(d.get("results"), list) and d["results"], "results must be a non-empty list"),
+        (lambda d: isinstance(d.get("ratios"), list), "ratios must be a list"),
+    )
+    for ok, msg in top:
+        if not ok(doc):
+            raise fail(msg)
+    for i, r in enumerate(doc["results"]):
+        if problem := _result_problem(r):
+            raise fail(f"results[{i}]{problem}")
+    for i, q in enumerate(doc["ratios"]):
+        missing = [k for k in _RATIO_KEYS if not isinstance(q, dict) or k not in q]
+        if missing:
+            raise fail(f"ratios[{i}].{missing[0]} is missing")
     return doc

@@ -116,6 +116,10 @@ class CpuDevice:
     name = "cpu"
     backends = ("ort",)
 
+    def available(self) -> bool:
+        """Always present."""
+        return True
+
     def check(self) -> None:
         """Always present."""
 
@@ -132,9 +136,13 @@ class CudaDevice:
     name = "cuda"
     backends = ("ort", "trt")
 
+    def available(self) -> bool:
+        """Whether an NVIDIA GPU is visible here."""
+        return cuda_present()
+
     def check(self) -> None:
         """Refuse (one line, exit 2) without a GPU: no silent CPU fallback."""
-        if not cuda_present():
+        if not self.available():
             raise UnsupportedDeviceError(
                 "--device cuda but no NVIDIA GPU is visible", "run on a GPU machine or use --device cpu"
             )
@@ -150,9 +158,13 @@ class JetsonDevice:
     name = "jetson"
     backends = ("trt", "ort")
 
+    def available(self) -> bool:
+        """Whether this machine is a Jetson."""
+        return detect_jetson() is not None
+
     def check(self) -> None:
         """Refuse off a Jetson."""
-        if detect_jetson() is None:
+        if not self.available():
             raise UnsupportedDeviceError(
                 "--device jetson but this is not a Jetson (no /etc/nv_tegra_release)",
                 "run bap bench on the board, or use --device cpu/cuda",

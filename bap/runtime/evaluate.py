@@ -1,17 +1,30 @@
-"""``bap eval``: accuracy of an exported model on every served domain's test split (and the S-score)."""
+"""``bap eval``: accuracy of an exported model on every served domain's test split (and the S-score).
+
+The model runs torch-free; the evaluation data (the embedded suite or a data root, preprocessed as in training)
+comes from :mod:`bap.data`, which needs torch: without it ``bap eval`` says to install the training extra.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
-import torch
 
-from bap.core.metrics import s_score
-from bap.data.transforms import eval_view
+from bap.errors import MissingDependencyError
 from bap.runtime.api import Model
 
 __all__ = ["evaluate_export"]
+
+
+def _require_torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise MissingDependencyError(
+            "bap eval needs torch to build the evaluation data (the embedded suite or a data root)",
+            "pip install 'bap[train]'",
+        ) from None
+    return torch
 
 
 def evaluate_export(
@@ -25,10 +38,16 @@ def evaluate_export(
 
     Returns:
         ``{"accuracy": {domain: float}, "mean_accuracy", "s_score", "samples": {domain: int}, "providers"}``.
-    """
-    from bap.data.sources import load_domains_from_origin
 
-    origin = model.manifest["source_run"].get("data_origin") or {"kind": "embedded", "seed": 0}
+    Raises:
+        MissingDependencyError: torch (the training extra) is not installed.
+    """
+    torch = _require_torch()
+    from bap.core.metrics import s_score
+    from bap.data.sources import load_domains_from_origin
+    from bap.data.transforms import eval_view
+
+    origin = model.manifest.source_run.data_origin or {"kind": "embedded", "seed": 0}
     ds = load_domains_from_origin(origin, data_root)
     acc, counts = {}, {}
     for i, name in enumerate(model.domains):

@@ -54,27 +54,27 @@ class TegraSample:
         return sum(self.rails_mw.values()) if self.rails_mw else None
 
 
-def parse_tegrastats(line: str) -> TegraSample:
-    """Parse one tegrastats line into a :class:`TegraSample` (fields absent from the line stay ``None``)."""
-    s = TegraSample(t=time.time())
+def _parse_memory(line: str, s: TegraSample) -> None:
     if m := _RAM.search(line):
         u = _UNIT[m.group(3)]
         s.ram_used_mb, s.ram_total_mb = float(m.group(1)) * u, float(m.group(2)) * u
     if m := _SWAP.search(line):
         s.swap_used_mb = float(m.group(1)) * _UNIT[m.group(3)]
+
+
+def _parse_loads(line: str, s: TegraSample) -> None:
     if m := _CPU.search(line):
-        for tok in m.group(1).split(","):
-            tok = tok.strip()
-            if tok == "off" or not tok:
-                s.cpu_load.append(None)
-            else:
-                s.cpu_load.append(float(tok.split("%")[0]))
+        toks = (tok.strip() for tok in m.group(1).split(","))
+        s.cpu_load = [None if tok in ("off", "") else float(tok.split("%")[0]) for tok in toks]
     if m := _GPU.search(line):
         s.gpu_load = float(m.group(1))
         if m.group(2):
             s.gpu_mhz = [int(v) for v in m.group(2).strip("[]").split(",") if v]
     elif m := _GPU_ARRAY_ONLY.search(line):
         s.gpu_mhz = [int(v) for v in m.group(1).split(",") if v]
+
+
+def _parse_rails(line: str) -> dict[str, float]:
     rails: dict[str, float] = {}
     for m in _RAIL.finditer(line):
         name = m.group(1)
@@ -86,7 +86,15 @@ def parse_tegrastats(line: str) -> TegraSample:
                 k += 1
             name = f"{name}_{k}"
         rails[name] = float(m.group(2))
-    s.rails_mw = rails
+    return rails
+
+
+def parse_tegrastats(line: str) -> TegraSample:
+    """Parse one tegrastats line into a :class:`TegraSample` (fields absent from the line stay ``None``)."""
+    s = TegraSample(t=time.time())
+    _parse_memory(line, s)
+    _parse_loads(line, s)
+    s.rails_mw = _parse_rails(line)
     for m in _TEMP.finditer(line):
         v = float(m.group(2))
         if v > -256:  # -256C means the sensor is off

@@ -4,8 +4,9 @@ import shutil
 import pytest
 
 from bap.errors import ConfigError, UnsupportedDeviceError
+from bap.exporter.manifest import read_manifest
 from bap.runtime.bench import BenchConfig, bench, latency_stats, percentile, validate_bench
-from bap.runtime.devices import cuda_present, detect_jetson, parse_jetson_clocks
+from bap.runtime.devices import DEVICES, cuda_present, detect_jetson, parse_jetson_clocks
 
 
 def test_trtexec_percentiles():
@@ -58,13 +59,30 @@ def test_a_failing_case_is_recorded_not_fatal(bench_doc):
     assert all("error" not in r for r in bench_doc["results"] if r["role"] != "specialised:faces")
 
 
-def test_this_machine_is_neither_jetson_nor_cuda(tiny_export):
-    assert detect_jetson() is None
-    assert cuda_present() is False
-    with pytest.raises(UnsupportedDeviceError, match="no NVIDIA GPU"):
-        bench(BenchConfig(export=str(tiny_export[0]), device="cuda"))
-    with pytest.raises(UnsupportedDeviceError, match="not a Jetson"):
-        bench(BenchConfig(export=str(tiny_export[0]), device="jetson"))
+def _ort_has(provider):
+    import onnxruntime as ort
+
+    return provider in ort.get_available_providers()
+
+
+def test_devices_do_what_detection_says_on_this_machine(tiny_export):
+    """Holds on any machine: a device detection says is absent refuses, one it says is present runs."""
+    cuda, jetson = DEVICES.get("cuda"), DEVICES.get("jetson")
+    assert cuda.available() == cuda_present()
+    assert jetson.available() == (detect_jetson() is not None)
+    quick = dict(export=str(tiny_export[0]), batch_sizes=(1,), warmup_s=0, duration_s=0.05, iterations=2, memory=False)
+    if not cuda.available():
+        with pytest.raises(UnsupportedDeviceError, match="no NVIDIA GPU"):
+            bench(BenchConfig(**quick, device="cuda"))
+    elif not _ort_has("CUDAExecutionProvider"):  # a GPU, but ONNX Runtime without CUDA: refused, not run on the CPU
+        with pytest.raises(UnsupportedDeviceError, match="CUDAExecutionProvider"):
+            bench(BenchConfig(**quick, device="cuda"))
+    else:
+        doc = bench(BenchConfig(**quick, device="cuda"))
+        assert doc["device"]["providers"][0] == "CUDAExecutionProvider"
+    if not jetson.available():
+        with pytest.raises(UnsupportedDeviceError, match="not a Jetson"):
+            bench(BenchConfig(**quick, device="jetson"))
     with pytest.raises(ConfigError, match="--backend trt needs"):
         BenchConfig(export="x", backend="trt")
 
@@ -120,11 +138,11 @@ def test_compare_times_another_layout_and_domains_rotate(tiny_export, tiny_run, 
     )
     roles = {r["role"]: r for r in doc["results"]}
     assert set(roles) == {"multi-domain", "backbone", "compare:tables"}  # labelled by the compared export's graph
-    manifest = tiny_export[1].manifest
-    assert manifest["graph"] == "routed"
-    executed = manifest["macs_executed"]
+    manifest = read_manifest(tiny_export[0])
+    assert manifest.graph == "routed"
+    executed = manifest.macs_executed
     assert roles["multi-domain"]["macs"] == round(sum(executed.values()) / len(executed))  # even mix of branches
-    assert roles["compare:tables"]["macs"] == json.loads((tables / "manifest.json").read_text())["macs"]["model"]
+    assert roles["compare:tables"]["macs"] == read_manifest(tables).macs.model
     # at batch 1 the domain rotates per call: every domain gets (nearly) the same share of the iterations
     counts = [sum(1 for s in seen if s == [d]) for d in range(len(executed))]
     assert min(counts) >= 1 and max(counts) - min(counts) <= 1
@@ -134,11 +152,12 @@ def test_compare_times_another_layout_and_domains_rotate(tiny_export, tiny_run, 
 
 
 def test_memory_probe_does_not_inherit_the_parents_peak(tiny_export):
-    from bap.runtime.bench import _probe_memory
+    from bap.runtime.bench import _models, _probe_memory
 
     ballast = bytearray(600 * 2**20)  # the bench process is large (torch, several sessions)
     ballast[::4096] = b"x" * len(ballast[::4096])  # touch every page so it is resident
     cfg = BenchConfig(export=str(tiny_export[0]), threads=1)
-    mem = _probe_memory(cfg, tiny_export[0] / "backbone.onnx", 1, 32, 0)
+    specs = _models(cfg, read_manifest(tiny_export[0]), tiny_export[0], ["mnist"])
+    mem = _probe_memory(cfg, next(s for s in specs if s.role == "backbone"), 1, 32, 0)
     assert 0 < mem["baseline_rss_mb"] <= mem["peak_rss_mb"] < 400, mem  # measures the probe, not its parent
     del ballast
