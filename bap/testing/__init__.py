@@ -1,4 +1,4 @@
-"""Helpers for tests and benchmarks: synthetic models and run directories without training, the CLI in-process."""
+"""Helpers for tests and benchmarks: synthetic models and run directories without training."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ __all__ = [
     "cpu_sized_backbones",
     "random_multidomain",
     "random_switches_",
-    "run_cli",
     "write_run_dir",
 ]
 
@@ -61,21 +60,6 @@ def random_multidomain(
     m = build_multidomain(bb, graph, specs)
     on = random_switches_(m, p_on=p_on, seed=seed)
     return m.eval(), bb, graph, on
-
-
-def run_cli(args, capsys=None) -> tuple[int, str, str]:
-    """Run ``bap ARGS`` in-process; return ``(exit code, stdout, stderr)`` (the streams only with ``capsys``)."""
-    from bap.cli.main import main
-
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    if capsys is not None:
-        out, err = capsys.readouterr()
-        return code, out, err
-    return code, "", ""
 
 
 def random_switches_(model, p_on: float = 0.6, seed: int = 0, shared: float = 0.85) -> torch.Tensor:
