@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli
 from PIL import Image
 
 import bap.runtime as rt
@@ -61,7 +60,7 @@ def test_load_refuses_a_damaged_model(tiny_export, tmp_path, how):
 
 @pytest.mark.parametrize("how", ["truncated", "modified"])
 @pytest.mark.parametrize("command", ["eval", "predict", "bench"])
-def test_cli_commands_exit_2_with_one_line_naming_the_damaged_file(tiny_export, tmp_path, capsys, pngs, how, command):
+def test_cli_commands_exit_2_with_one_line_naming_the_damaged_file(tiny_export, tmp_path, run_cli, pngs, how, command):
     bad = _copy(tiny_export, tmp_path)
     _damage(bad / "model.onnx", how)
     args = {
@@ -69,20 +68,19 @@ def test_cli_commands_exit_2_with_one_line_naming_the_damaged_file(tiny_export, 
         "predict": ["predict", bad, pngs[0], "--domain", "mnist"],
         "bench": ["bench", bad, "--batch-sizes", "1", "--duration-s", "0.05", "--warmup-s", "0", "--no-memory"],
     }[command]
-    code, _, err = run_cli(args, capsys)
-    assert code == 2, err
+    code, _, err, error = run_cli(args)
+    assert code == 2 and isinstance(error, IntegrityError), err
     assert len(err.strip().splitlines()) == 1, err
     assert "model.onnx" in err and how in err, err
 
 
-def test_bench_records_a_damaged_backbone_as_a_row(tiny_export, tmp_path, capsys):
+def test_bench_records_a_damaged_backbone_as_a_row(tiny_export, tmp_path, run_cli):
     bad = _copy(tiny_export, tmp_path)
     _damage(bad / "backbone.onnx", "truncated")
     out = tmp_path / "bench.json"
-    code, _, err = run_cli(
+    code, _, err, _ = run_cli(
         ["bench", bad, "--batch-sizes", "1", "--duration-s", "0.05", "--warmup-s", "0", "--no-memory",
          "--iterations", "2", "--json", out],
-        capsys,
     )  # fmt: skip
     assert code == 0, err
     rows = {r["role"]: r for r in json.loads(out.read_text())["results"]}
@@ -105,7 +103,7 @@ def test_bench_fails_when_the_subject_cannot_run(tiny_export, tmp_path, monkeypa
         bench_mod.bench(cfg)
 
 
-def test_cli_bench_exits_non_zero_when_the_subject_fails_while_running(tiny_export, tmp_path, capsys, monkeypatch):
+def test_cli_bench_exits_non_zero_when_the_subject_fails_while_running(tiny_export, run_cli, monkeypatch):
     from bap.runtime import bench as bench_mod
 
     real = bench_mod._Case.run
@@ -116,9 +114,8 @@ def test_cli_bench_exits_non_zero_when_the_subject_fails_while_running(tiny_expo
         real(self)
 
     monkeypatch.setattr(bench_mod._Case, "run", failing)
-    code, _, err = run_cli(
-        ["bench", tiny_export[0], "--batch-sizes", "1", "--duration-s", "0.05", "--warmup-s", "0", "--no-memory"],
-        capsys,
+    code, _, err, _ = run_cli(
+        ["bench", tiny_export[0], "--batch-sizes", "1", "--duration-s", "0.05", "--warmup-s", "0", "--no-memory"]
     )
     assert code == 2 and "multi-domain model failed" in err and "out of memory" in err, err
 
@@ -192,13 +189,13 @@ _BLOCKED = ("torch", "torchvision", "onnx", "bap.trainer", "bap.exporter.pipelin
 _NO_TORCH = f"import sys\nfor _m in {_BLOCKED!r}: sys.modules[_m] = None\n"
 
 
-def _run_py(code):
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
+def _run_py(code, cwd):
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def test_runtime_loads_predicts_and_runs_without_torch(tiny_export, pngs):
+def test_runtime_loads_predicts_and_runs_without_torch(tiny_export, pngs, repo_root):
     root = tiny_export[0]
     domains = ["mnist", "faces", "textures"]
     code = (
@@ -218,7 +215,7 @@ loaded = sorted(k for k in ("torch", "onnx", "bap.trainer", "bap.exporter.pipeli
 print(json.dumps({{"out": out, "loaded": loaded}}))
 """
     )
-    res = _run_py(code)
+    res = _run_py(code, repo_root)
     assert res["loaded"] == []
     model = rt.load(root, threads=1)
     ref = [[p.label, p.top_k[0][1]] for p in model.predict(pngs, domains, top_k=2)]
@@ -227,15 +224,16 @@ print(json.dumps({{"out": out, "loaded": loaded}}))
         np.testing.assert_allclose([g[1] for g in got[:-1]], [r[1] for r in ref], rtol=1e-5)
 
 
-def test_import_bap_runtime_imports_no_torch():
+def test_import_bap_runtime_imports_no_torch(repo_root):
     res = _run_py(
         "import sys, json\nimport bap.runtime, bap.runtime.bench, bap.runtime.backends, bap.runtime.evaluate\n"
-        "print(json.dumps([m for m in ('torch', 'onnx', 'onnxruntime', 'bap.data.types') if m in sys.modules]))"
+        "print(json.dumps([m for m in ('torch', 'onnx', 'onnxruntime', 'bap.data.types') if m in sys.modules]))",
+        repo_root,
     )
     assert res == []
 
 
-def test_eval_without_torch_names_the_extra(tiny_export):
+def test_eval_without_torch_names_the_extra(tiny_export, repo_root):
     code = (
         _NO_TORCH
         + f"""
@@ -249,7 +247,7 @@ except MissingDependencyError as e:
     print(json.dumps(str(e)))
 """
     )
-    assert "pip install 'bap[train]'" in _run_py(code)
+    assert "pip install 'bap[train]'" in _run_py(code, repo_root)
 
 
 def test_numpy_preprocessing_matches_the_training_resize():
