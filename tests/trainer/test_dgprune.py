@@ -176,11 +176,11 @@ def test_dgprune_exports_and_validates_like_the_others(dg_run, tmp_path):
 def test_heldout_accuracy_uses_the_shared_network(dg_run, suite):
     from bap.trainer import load_run
     from bap.trainer.dgprune import heldout_accuracy
-    from bap.trainer.finalize import evaluate
+    from bap.trainer.evaluation import accuracy
 
     out, _ = dg_run
     run = load_run(out, 0.5)
     mnist = suite.get("mnist")
-    assert heldout_accuracy(run.model, mnist) == pytest.approx(evaluate(run.model, mnist, 0))
+    assert heldout_accuracy(run.model, mnist) == pytest.approx(accuracy(run.model, mnist, 0))
     acc = heldout_accuracy(run.model, suite.get("mnist_m"))
     assert 0.0 <= acc <= 1.0

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from bap.core.io import load_state_dict
+from bap.errors import TrainingInterrupted
 from bap.trainer import TrainConfig, train
-from bap.trainer.loop import TrainingInterrupted
 
 SMALL = dict(
     backbone="test_cnn", budgets=(0.5,), epochs=2, steps_per_epoch=4, batch_size=16, lr_milestones=(2,),
