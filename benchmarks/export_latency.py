@@ -78,11 +78,11 @@ def main() -> None:
     export_s = time.time() - t0
     m = res.manifest
     print(
-        f"export of {a.backbone} ({m['graph']} graph) took {export_s:.1f} s "
+        f"export of {a.backbone} ({m.graph} graph) took {export_s:.1f} s "
         f"(stages: {', '.join(f'{k} {v:.1f}s' for k, v in res.timings.items())})"
     )
     # the same budget in the other layout, timed in the same interleaved run
-    other = "tables" if m["graph"] == "routed" else "routed"
+    other = "tables" if m.graph == "routed" else "routed"
     out_other = out.with_name(out.name + f"-{other}")
     m_other = export(ExportConfig(run_dir=str(run_dir), budget=a.budget, out=str(out_other), graph=other,
                                   round_to=a.round_to, gather_threshold=a.gather_threshold, validation_images=4)).manifest  # fmt: skip
@@ -103,7 +103,7 @@ def main() -> None:
                      f"{md['latency'] / sp['latency']:.2f}", f"{ot['macs']:.3f}", f"{ot['latency']:.3f}",
                      f"{ot['latency'] / ot['macs']:.2f}", "ok" if ok_sp and ok_md else "FAIL"])  # fmt: skip
         print(
-            f"batch {b}: multi-domain ({m['graph']}) rel MACs {md['macs']:.3f} latency {md['latency']:.3f} "
+            f"batch {b}: multi-domain ({m.graph}) rel MACs {md['macs']:.3f} latency {md['latency']:.3f} "
             f"({md['latency'] / md['macs']:.2f}x MACs) | specialised rel MACs {sp['macs']:.3f} latency "
             f"{sp['latency']:.3f} ({sp['latency'] / sp['macs']:.2f}x MACs) | multi/specialised "
             f"{md['latency'] / sp['latency']:.2f} | {other} layout {ot['latency']:.3f} at {ot['macs']:.3f} MACs "
@@ -114,18 +114,18 @@ def main() -> None:
               "ratio / MACs", "bounds"]  # fmt: skip
     text = (f"### Export latency: {a.backbone} at {a.size}x{a.size}, ONNX Runtime CPU fp32, {a.threads} threads\n\n"
             f"Budget {a.budget} (bap, trained {a.train_epochs} short epochs at 32 px); the default export "
-            f"({m['graph']} graph) took {export_s:.1f} s "
+            f"({m.graph} graph) took {export_s:.1f} s "
             f"(plan/build/export/validate: {', '.join(f'{v:.1f}' for v in res.timings.values())} s). "
             f"Multi-domain = the default export; the {other} layout of the same budget is timed in the same run. "
             f"Rel MACs are per sample over an even mix of domains (the bench rotates domains every iteration). "
-            f"Params stored / held after load, relative to the backbone: {m['graph']} "
-            f"{m['params']['model'] / m['params']['backbone']:.3f} / {m['params']['loaded'] / m['params']['backbone']:.3f}, "
-            f"{other} {m_other['params']['model'] / m_other['params']['backbone']:.3f} / "
-            f"{m_other['params']['loaded'] / m_other['params']['backbone']:.3f}. "
+            f"Params stored / held after load, relative to the backbone: {m.graph} "
+            f"{m.params.model / m.params.backbone:.3f} / {m.params.loaded / m.params.backbone:.3f}, "
+            f"{other} {m_other.params.model / m_other.params.backbone:.3f} / "
+            f"{m_other.params.loaded / m_other.params.backbone:.3f}. "
             f"Bounds: specialised latency ratio <= 1.10 x rel MACs, multi-domain <= 1.25 x rel MACs.\n\n"
             + md_table(header, rows))  # fmt: skip
-    write_results(a.name, {"export_seconds": export_s, "train_seconds": train_s, "graph": m["graph"],
-                           "compared_graph": other, "params": m["params"], "params_compared": m_other["params"],
+    write_results(a.name, {"export_seconds": export_s, "train_seconds": train_s, "graph": m.graph,
+                           "compared_graph": other, "params": m.params.to_dict(), "params_compared": m_other.params.to_dict(),
                            "bench": doc, "rows": rows, "passed": all(checks)}, text)  # fmt: skip
     print(f"all bounds hold: {all(checks)}\nregenerate: {command_line()}")
 

@@ -53,7 +53,7 @@ def main() -> None:
         out = a.work / f"export-b{beta:g}"
         m = export(ExportConfig(run_dir=str(a.run), budget=beta, out=str(out), specialise=("all",), round_to=a.round_to,
                                 gather_threshold=a.gather_threshold, validation_images=8)).manifest  # fmt: skip
-        graph = m["graph"]
+        graph = m.graph
         other = "tables" if graph == "routed" else "routed"
         out_other = a.work / f"export-b{beta:g}-{other}"
         export(ExportConfig(run_dir=str(a.run), budget=beta, out=str(out_other), graph=other, round_to=a.round_to,

@@ -64,20 +64,7 @@ def main() -> None:
     torch.set_num_threads(2)
     budgets = tuple(float(b) for b in a.budgets.split(","))
     methods = a.methods.split(",")
-    reports: dict[str, dict[str, Any]] = {}
-    for m in methods:
-        reports[m] = run(a, f"{m}-s0", method=m, budgets=budgets if m in ("bap", "ba2") else (1.0,))
-    seeds = {}
-    if a.second_seed >= 0:
-        for m in ("bap", "ba2"):
-            if m in methods and 0.5 in budgets:
-                seeds[m] = run(a, f"{m}-s{a.second_seed}", method=m, budgets=(0.5,), seed=a.second_seed)
-    sweep = {}
-    for lam in (float(x) for x in a.lambda_ps_grid.split(",")):
-        if lam == 1.0 and "bap" in reports and 0.5 in budgets:
-            sweep[lam] = next(r for r in reports["bap"]["runs"] if r["budget"] == 0.5)
-        else:
-            sweep[lam] = run(a, f"bap-lps{lam:g}", method="bap", budgets=(0.5,), lambda_ps=lam)["runs"][0]
+    reports, seeds, sweep = _train_all(a, budgets, methods)
     any_report = next(iter(reports.values()))
     domains = [d["name"] for d in any_report["domains"]]
 
@@ -129,27 +116,8 @@ def main() -> None:
             gaps.append([f"{b:g}", f"{sb:.0f}", f"{s2:.0f}", f"{sb - s2:+.0f}", rel])
     gap_table = md_table(["β", "S bap", "S ba2", "bap - ba2", "relative"], gaps) if gaps else ""
 
-    seed_rows = []
-    for m, rep in seeds.items():
-        r0 = next(r for r in reports[m]["runs"] if r["budget"] == 0.5)
-        for seed, r in ((0, r0), (a.second_seed, rep["runs"][0])):
-            sc = s_score(r["accuracy"], ref)
-            seed_rows.append([m, seed, f"{100 * r['mean_accuracy']:.1f}", f"{r['rel_params']:.3f}", f"{r['rel_macs_mean']:.3f}",
-                              f"{r['and_fraction']:.3f}", f"{1 - r['or_fraction']:.3f}", "-" if sc is None else f"{sc:.0f}"])  # fmt: skip
-    seed_table = md_table(["method", "seed", "mean acc", "Params", "FLOP", "AND", "prunable", "S"], seed_rows)
-
-    sweep_rows, best = [], None
-    for lam, r in sorted(sweep.items()):
-        sv = s_score(r["val_accuracy"], ref)
-        sp = sv / r["rel_params"] if sv is not None else None
-        sweep_rows.append([f"{lam:g}", f"{100 * sum(r['val_accuracy'].values()) / len(r['val_accuracy']):.1f}",
-                           "-" if sv is None else f"{sv:.0f}", "-" if sp is None else f"{sp:.0f}",
-                           f"{100 * r['mean_accuracy']:.1f}", f"{r['rel_params']:.3f}", f"{1 - r['or_fraction']:.3f}"])  # fmt: skip
-        if sp is not None and (best is None or sp > best[1]):
-            best = (lam, sp)
-    sweep_table = md_table(
-        ["λ_PS", "val mean acc", "val S", "val S_P", "test mean acc", "Params", "prunable"], sweep_rows
-    )
+    seed_table = _seed_table(a, reports, seeds, ref)
+    sweep_table, best = _sweep_table(sweep, ref)
 
     png = _plot(records, Path(__file__).resolve().parent / "results" / f"{a.name}.png")
     text = (
@@ -168,6 +136,55 @@ def main() -> None:
                            "seeds": {m: r["runs"] for m, r in seeds.items()}, "best_lambda_ps": best}, text)  # fmt: skip
     print(text)
     print(f"\nregenerate: {command_line()}")
+
+
+def _train_all(a: argparse.Namespace, budgets: tuple[float, ...], methods: list[str]) -> tuple[dict, dict, dict]:
+    """Every method's run, the second seed at beta 0.5, and the lambda_PS sweep (runs are reused when present)."""
+    reports: dict[str, dict[str, Any]] = {}
+    for m in methods:
+        reports[m] = run(a, f"{m}-s0", method=m, budgets=budgets if m in ("bap", "ba2") else (1.0,))
+    seeds = {}
+    if a.second_seed >= 0:
+        for m in ("bap", "ba2"):
+            if m in methods and 0.5 in budgets:
+                seeds[m] = run(a, f"{m}-s{a.second_seed}", method=m, budgets=(0.5,), seed=a.second_seed)
+    sweep = {}
+    for lam in (float(x) for x in a.lambda_ps_grid.split(",")):
+        if lam == 1.0 and "bap" in reports and 0.5 in budgets:
+            sweep[lam] = next(r for r in reports["bap"]["runs"] if r["budget"] == 0.5)
+        else:
+            sweep[lam] = run(a, f"bap-lps{lam:g}", method="bap", budgets=(0.5,), lambda_ps=lam)["runs"][0]
+    return reports, seeds, sweep
+
+
+def _seed_table(a: argparse.Namespace, reports: dict, seeds: dict, ref: Any) -> str:
+    from bap.core.metrics import s_score
+
+    seed_rows = []
+    for m, rep in seeds.items():
+        r0 = next(r for r in reports[m]["runs"] if r["budget"] == 0.5)
+        for seed, r in ((0, r0), (a.second_seed, rep["runs"][0])):
+            sc = s_score(r["accuracy"], ref)
+            seed_rows.append([m, seed, f"{100 * r['mean_accuracy']:.1f}", f"{r['rel_params']:.3f}", f"{r['rel_macs_mean']:.3f}",
+                              f"{r['and_fraction']:.3f}", f"{1 - r['or_fraction']:.3f}", "-" if sc is None else f"{sc:.0f}"])  # fmt: skip
+    return md_table(["method", "seed", "mean acc", "Params", "FLOP", "AND", "prunable", "S"], seed_rows)
+
+
+def _sweep_table(sweep: dict, ref: Any) -> tuple[str, tuple[float, float] | None]:
+    """The lambda_PS sweep table and the value chosen on validation S_P."""
+    from bap.core.metrics import s_score
+
+    sweep_rows, best = [], None
+    for lam, r in sorted(sweep.items()):
+        sv = s_score(r["val_accuracy"], ref)
+        sp = sv / r["rel_params"] if sv is not None else None
+        sweep_rows.append([f"{lam:g}", f"{100 * sum(r['val_accuracy'].values()) / len(r['val_accuracy']):.1f}",
+                           "-" if sv is None else f"{sv:.0f}", "-" if sp is None else f"{sp:.0f}",
+                           f"{100 * r['mean_accuracy']:.1f}", f"{r['rel_params']:.3f}", f"{1 - r['or_fraction']:.3f}"])  # fmt: skip
+        if sp is not None and (best is None or sp > best[1]):
+            best = (lam, sp)
+    table = md_table(["λ_PS", "val mean acc", "val S", "val S_P", "test mean acc", "Params", "prunable"], sweep_rows)
+    return table, best
 
 
 def _plot(records: list[dict[str, Any]], path: Path) -> Path:

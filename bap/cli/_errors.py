@@ -8,6 +8,7 @@ import traceback
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from bap.errors import BapError, TrainingInterrupted
 
@@ -18,7 +19,7 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def crash_log_dir() -> Path:
     """Where full tracebacks of internal errors go."""
-    from bap.data.suite import cache_dir
+    from bap.core.env import cache_dir
 
     return cache_dir() / "logs"
 
@@ -26,10 +27,10 @@ def crash_log_dir() -> Path:
 def report_error(exc: BaseException) -> int:
     """Print ``exc`` for a user and return the process exit code."""
     if isinstance(exc, TrainingInterrupted):  # not a mistake: the user stopped it, and can continue
-        err_console.print(f"[yellow]interrupted:[/] {exc.one_line()}", markup=True)
+        err_console.print(f"[yellow]interrupted:[/] {escape(exc.one_line())}", markup=True)
         return exc.exit_code
     if isinstance(exc, BapError):
-        err_console.print(f"[bold red]error:[/] {exc.one_line()}", markup=True, highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(exc.one_line())}", markup=True, highlight=False)
         return exc.exit_code
     name = type(exc).__name__
     mro = {c.__name__ for c in type(exc).__mro__}
@@ -39,7 +40,9 @@ def report_error(exc: BaseException) -> int:
         ctx = getattr(exc, "ctx", None)
         cmd = ctx.command_path if ctx is not None else "bap"
         msg = " ".join(exc.format_message().split())
-        err_console.print(f"[bold red]error:[/] {msg} (see '{cmd} --help')", markup=True, highlight=False)
+        err_console.print(
+            f"[bold red]error:[/] {escape(msg)} (see '{escape(cmd)} --help')", markup=True, highlight=False
+        )
         return 2
     if isinstance(exc, KeyboardInterrupt) or "Abort" in mro:
         err_console.print("aborted")
@@ -54,7 +57,7 @@ def report_error(exc: BaseException) -> int:
         where = "(could not write the log)"
     first = str(exc).splitlines()[0] if str(exc) else ""
     err_console.print(
-        f"[bold red]internal error:[/] {name}: {first[:300]} - this is a bug in bap; full traceback in {where}",
+        f"[bold red]internal error:[/] {escape(name)}: {escape(first[:300])} - this is a bug in bap; full traceback in {escape(where)}",
         markup=True,
         highlight=False,
     )

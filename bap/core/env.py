@@ -5,9 +5,15 @@ from __future__ import annotations
 import importlib.metadata as md
 import os
 import platform
+from pathlib import Path
 from typing import Any
 
-__all__ = ["cpu_model", "resolve_device", "versions"]
+__all__ = ["cache_dir", "cpu_model", "resolve_device", "versions"]
+
+
+def cache_dir() -> Path:
+    """Bap's cache directory (``$BAP_CACHE_DIR`` or ``~/.cache/bap``): the suite, pretrained backbones, crash logs."""
+    return Path(os.environ.get("BAP_CACHE_DIR") or Path.home() / ".cache" / "bap")
 
 
 def versions(*extra: str) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """Guarded image decoding: decompression-bomb limit, truncated files, odd modes (16-bit, CMYK, palette, alpha).
 
 Everything an untrusted image file can do wrong becomes a one-line :class:`~bap.errors.InputError`.
-Decoding and the numpy resize are torch-free (:mod:`bap.runtime.imaging`); the tensor functions used by the
+Decoding and the numpy resize are torch-free (:mod:`bap.data.imaging`); the tensor functions used by the
 training loaders import torch when called, so importing this module costs no torch.
 """
 
@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bap.runtime import imaging
-from bap.runtime.imaging import resize_center_crop_array, to_rgb_array
+from bap.data import imaging
+from bap.data.imaging import resize_center_crop_array, to_rgb_array
 
 if TYPE_CHECKING:
     import torch
@@ -42,7 +42,7 @@ def decode_image(path: str | os.PathLike) -> Any:
 
 
 def to_rgb_float(im: Any) -> torch.Tensor:
-    """Any Pillow mode -> float32 tensor ``[3, H, W]`` in [0, 1] (see :func:`~bap.runtime.imaging.to_rgb_array`)."""
+    """Any Pillow mode -> float32 tensor ``[3, H, W]`` in [0, 1] (see :func:`~bap.data.imaging.to_rgb_array`)."""
     import torch
 
     return torch.from_numpy(to_rgb_array(im))

@@ -23,7 +23,6 @@ import gzip
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bap.core.env import cache_dir
 from bap.core.registry import Registry
 from bap.data.types import Domain, DomainSet, Preprocess, TensorSplit
 
@@ -59,11 +59,6 @@ class _Built:
 
 
 DOMAIN_BUILDERS: Registry[Callable[[int], _Built]] = Registry("domain", "--domains")
-
-
-def cache_dir() -> Path:
-    """Bap's cache directory (``$BAP_CACHE_DIR`` or ``~/.cache/bap``)."""
-    return Path(os.environ.get("BAP_CACHE_DIR") or Path.home() / ".cache" / "bap")
 
 
 def _pkg_file(module: str, *parts: str) -> Path:

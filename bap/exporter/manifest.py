@@ -70,6 +70,7 @@ _KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "bool": (lambda x: isinstance(x, bool), "true/false"),
     "dict": (lambda x: isinstance(x, dict), "an object"),
     "list": (lambda x: isinstance(x, list), "a list"),
+    "label": (lambda x: isinstance(x, (str, dict)), "a name or an object"),
 }
 
 
@@ -491,7 +492,7 @@ class Manifest:
     graph: str = "tables"
     budget_unit: str | None = None
     lambda_ps: float | None = None
-    criterion: str | None = None
+    criterion: str | dict[str, Any] | None = None  # dgprune records its importance settings
     precision: str = "fp32"
     opset: int | None = None
     round_to: int = 1
@@ -668,7 +669,7 @@ def _optional_fields(r: _Reader) -> dict[str, Any]:
         "graph": r.get("graph", "str", "tables"),
         "budget_unit": r.get("budget_unit", "str", None),
         "lambda_ps": None if lam is None else float(lam),
-        "criterion": r.get("criterion", "str", None),
+        "criterion": r.get("criterion", "label", None),
         "precision": r.get("precision", "str", "fp32"),
         "opset": r.get("opset", "int", None),
         "round_to": r.get("round_to", "int", 1),

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
+from bap.data.imaging import decode_image, resize_array, resize_center_crop_array, to_rgb_array
 from bap.errors import ConfigError, IncompatibleArtifactError, InputError
-from bap.runtime.imaging import decode_image, resize_array, resize_center_crop_array, to_rgb_array
 
 if TYPE_CHECKING:
     from bap.exporter.manifest import Manifest

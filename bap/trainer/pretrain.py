@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bap.core.env import cache_dir
 from bap.core.io import atomic_write_json, file_sha256, save_state_dict
 from bap.core.seeding import derive_seed, generator
-from bap.data.suite import cache_dir
 from bap.data.transforms import augment
 from bap.data.types import Domain, DomainSet
 from bap.models.backbones import create_backbone

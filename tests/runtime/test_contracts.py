@@ -254,7 +254,7 @@ def test_numpy_preprocessing_matches_the_training_resize():
     import torch
 
     from bap.data.images import resize_center_crop
-    from bap.runtime.imaging import resize_center_crop_array
+    from bap.data.imaging import resize_center_crop_array
 
     rng = np.random.default_rng(0)
     for h, w, s in [(28, 28, 32), (100, 60, 32), (64, 64, 72), (33, 47, 36), (300, 200, 64), (1, 1, 8)]:

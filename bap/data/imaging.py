@@ -5,8 +5,8 @@ one-line :class:`~bap.errors.InputError`. Resizing reproduces PyTorch's ``F.inte
 align_corners=False, antialias=True)`` (the triangle filter Pillow also uses), so a file preprocessed here gives
 the tensor training and evaluation saw, to float32 rounding.
 
-This module lives in :mod:`bap.runtime` because ``bap.data`` imports torch when the package is imported;
-:mod:`bap.data.images` re-uses it.
+It imports neither torch nor the rest of :mod:`bap.data` (whose package names load lazily), so the runtime can use
+it on a torch-free install; :mod:`bap.data.images` builds the training loaders' tensor functions on it.
 """
 
 from __future__ import annotations
