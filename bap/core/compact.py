@@ -1,4 +1,4 @@
-"""Channel plans and the compact dense network they define (``DESIGN.md`` sections 2-3).
+"""Channel plans and the compact dense network they define (``docs/design.md`` sections 2-3).
 
 :func:`plan_channels` turns per-domain binary switches into a :class:`ChannelPlan` (pure data: kept input and
 output channels per conv, kept channels per BN, per-domain gates). :func:`build_compact` rewrites a trained

@@ -1,7 +1,7 @@
 """The channel-coupling analysis: one pass over a backbone's ``torch.fx`` graph, used by trainer and exporter.
 
 Every conv gets one switch per *input* channel. How a switched-off input channel can be removed depends on
-where the channel comes from (``DESIGN.md`` section 2):
+where the channel comes from (``docs/design.md`` section 2):
 
 * ``chain``: produced by exactly one conv, through its BN and zero-preserving per-channel ops (ReLU, pooling),
   and read by exactly this conv. Off in every domain -> delete the consumer's input slice **and** the

@@ -1,6 +1,6 @@
 """Budget, sharing, compute and size metrics, measured on the compact structure the exporter ships.
 
-Accounting (``DESIGN.md`` section 1): MACs are conv multiply-accumulates counted by thop on the actual
+Accounting (``docs/design.md`` section 1): MACs are conv multiply-accumulates counted by thop on the actual
 (pruned) modules; heads are excluded. Parameters exclude classifiers, count float weights at 32 bits and
 switches at 1 bit, and include every domain's BN (as its folded affine table, 2 floats per channel).
 """

@@ -1,6 +1,6 @@
 """Loaders for multi-domain data on disk: ImageFolder-per-domain and the Visual Decathlon devkit layout.
 
-Preprocessing follows the papers (see ``DESIGN.md`` section 6): Decathlon images are resized to 72 and
+Preprocessing follows the papers (see ``docs/design.md`` section 6): Decathlon images are resized to 72 and
 randomly cropped to 64 with flips for training (center 64 for test); gtsrb, omniglot and svhn use the
 center 72 crop and no flip.
 """

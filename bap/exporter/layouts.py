@@ -1,6 +1,6 @@
 """How the multi-domain model is laid out in ONNX, chosen through a registry (``--graph``).
 
-* ``tables`` (``DESIGN.md`` section 3): one compact network over the union of the domains' channels; per-domain
+* ``tables`` (``docs/design.md`` section 3): one compact network over the union of the domains' channels; per-domain
   BN, gates and normalisation are gathered affine tables applied per sample. Weights are held once at run time;
   every sample runs the union's channels. TensorRT fuses the per-sample ``Mul``/``Add`` into pointwise kernels.
 * ``routed`` (:mod:`bap.exporter.routed`): each domain runs its own specialised branch (its channels only, BN
@@ -158,7 +158,7 @@ def export_single(job: LayoutJob, net: torch.nn.Module) -> onnx.ModelProto:
 
 @LAYOUTS.register("tables")
 class TablesLayout(LayoutContract):
-    """The union of the domains' channels, per-domain BN as gathered affine tables (``DESIGN.md`` section 3)."""
+    """The union of the domains' channels, per-domain BN as gathered affine tables (``docs/design.md`` section 3)."""
 
     inputs = ("image", "domain")
     outputs = ("logits",)

@@ -1,6 +1,6 @@
 """The ``routed`` layout: one ONNX graph whose domains each run their own specialised branch over shared weights.
 
-The ``tables`` layout (``DESIGN.md`` section 3) applies every per-domain BN as a per-sample ``Mul``/``Add`` on the
+The ``tables`` layout (``docs/design.md`` section 3) applies every per-domain BN as a per-sample ``Mul``/``Add`` on the
 activations. ONNX Runtime's CPU kernels cannot run a per-sample broadcast ``Mul`` in their blocked (NCHWc) layout,
 so each one costs a reorder out, the multiply and a reorder back: at batch 16 on ResNet-50 these passes took a
 third of the backbone's time (``benchmarks/export_latency.py``).

@@ -1,6 +1,6 @@
 """TensorRT: a CPU-side readiness check of the ONNX file, and the engine build (on a machine with a GPU).
 
-The build follows the documented 10.x / 11.x Python API (``DESIGN.md`` section 5, ``runtime_anchors.md``):
+The build follows the TensorRT 10.x / 11.x Python API reference (``docs/design.md`` section 5):
 explicit dynamic-shape profile, workspace limit, timing cache, ``build_serialized_network``. Precision:
 TensorRT 11 is strongly typed (no FP16 builder flag), so fp16 is carried by the ONNX file; 9.x/10.x opt into
 strong typing with the same file; 8.x uses the fp32 file and ``BuilderFlag.FP16``.

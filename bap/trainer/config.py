@@ -19,7 +19,7 @@ DG_HEADS = ("auto", "shared", "per-domain")
 BUDGET_UNITS = ("switches", "macs")
 DEVICES = ("auto", "cpu", "cuda")
 
-# paper settings (DESIGN.md section 1); epochs are real epochs there, so steps_per_epoch = 0 means "one pass"
+# paper settings (docs/design.md section 1); epochs are real epochs there, so steps_per_epoch = 0 means "one pass"
 PRESETS: dict[str, dict[str, Any]] = {
     "paper-decathlon": {
         "lr_head": 1e-3,

@@ -2,7 +2,7 @@
 
 Switches keep flipping until the last step, so running BN statistics never match the final switches, and the
 hinge only pushes usage down while it is above beta, so the realised budget jitters around it. Both are fixed
-here (``DESIGN.md`` section 1): a projection that switches off the lowest-``t`` active switches of any domain
+here (``docs/design.md`` section 1): a projection that switches off the lowest-``t`` active switches of any domain
 above beta, then each domain's BN statistics re-estimated with its final binary switches on shuffled training
 images. The re-estimation and the accuracy loop live in :mod:`bap.trainer.evaluation` (shared with ``dgprune``
 and pretraining) and are re-exported here under their old names.
