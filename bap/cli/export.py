@@ -93,7 +93,8 @@ def export(
         int,
         typer.Option(
             help=f"Pad kept channel counts to a multiple of 1, 8, 16 or 32 (default {D.round_to}: ONNX Runtime's CPU "
-            "blocked NCHWc convs need multiples of 8 on AVX2 / 16 on AVX-512, else they fall back to slow kernels)."
+            "blocked NCHWc convs need multiples of 8, else they fall back to slow kernels; measured fastest on "
+            "ResNet-50 and cifar_resnet14 at 224 px)."
         ),
     ] = D.round_to,
     gather_threshold: Annotated[

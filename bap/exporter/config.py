@@ -35,9 +35,11 @@ class ExportConfig:
         domains: domains the compact model serves (empty = all); naming exactly one also writes its
             specialised model.
         specialise: domains that get a single-domain specialised model (``("all",)`` for every one).
-        round_to: pad kept channel counts to a multiple of this (1, 8, 16, 32); 16 (the setting of every
-            published latency) suits ONNX Runtime's CPU blocked NCHWc convs (channel blocks of 8 on AVX2,
-            16 on AVX-512) and TensorRT's tensor cores (multiples of 8).
+        round_to: pad kept channel counts to a multiple of this (1, 8, 16, 32). ONNX Runtime's CPU provider runs
+            convs in its blocked NCHWc layout only when channel counts are multiples of 8 (a 50 -> 64 conv stays a
+            plain conv), and TensorRT's tensor cores want multiples of 8. The default 8 was the fastest or tied
+            with 16 on ResNet-50 and cifar_resnet14 at 224 px while keeping fewer channels
+            (``benchmarks/export_defaults.py``, benchmarks/RESULTS.md section 7).
         gather_threshold: stream consumers gather their kept input channels only when they keep at most this
             fraction; above it they read the full-width stream with zero weight columns (no gather).
         batch_size: mixed-domain validation batch, and the TensorRT profile's optimal batch.
@@ -59,7 +61,7 @@ class ExportConfig:
     precision: str = "fp32"
     domains: tuple[str, ...] = ()
     specialise: tuple[str, ...] = ()
-    round_to: int = 16  # ONNX Runtime's CPU NCHWc convs block channels by 8 (AVX2) / 16 (AVX-512)
+    round_to: int = 8  # measured: benchmarks/export_defaults.py (RESULTS.md section 7)
     gather_threshold: float = 0.5  # a Gather of most channels costs more than the zero columns it saves
     batch_size: int = 16
     max_batch: int = 64

@@ -1,6 +1,6 @@
 """Parse ``tegrastats`` lines (JetPack 4 to 7) and sample them during benchmark windows.
 
-The line format varies by L4T release (``runtime_anchors.md`` section 4): optional timestamp; ``RAM used/totalMB``;
+The line format varies by L4T release (recorded lines from each release are in ``tests/runtime/test_tegrastats.py``): optional timestamp; ``RAM used/totalMB``;
 optional ``SWAP``; ``CPU [..]`` or L4T 28's ``cpu [..]@MHz``; ``GR3D_FREQ p%``, ``p%@MHz``, ``p%@[MHz,MHz]`` (JetPack 7)
 or ``GR3D p%@MHz`` (L4T 28); rails ``NAME inst/avg`` without unit (JetPack 4), ``NAMEmW/mW`` (5/6) or three values
 (7). Unknown tokens are ignored. Board power is ``VDD_IN`` (Orin NX/Nano, Xavier NX), ``POM_5V_IN`` (Nano), else the

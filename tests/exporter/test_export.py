@@ -15,7 +15,7 @@ from bap.exporter import ExportConfig, export, read_manifest
 from bap.exporter.manifest import Manifest, manifest_from_onnx
 from bap.exporter.validate import ort_session
 from bap.models import create_backbone
-from bap.testing import random_switches_, write_run_dir
+from bap.testing import cpu_sized_backbones, random_switches_, write_run_dir
 from bap.trainer import load_run
 
 
@@ -85,6 +85,18 @@ def test_exported_model_equals_masked_model(tmp_path, backbone, round_to, gather
             assert k["in_kept"] % 8 == 0 or k["in_kept"] == k["in_total"], name
 
 
+# every registered backbone small enough for the CPU suite (as timm's tests run over list_models); the two tiny
+# ones above already cover the settings grid, the others get the measured default export settings
+@pytest.mark.parametrize("layout", ["tables", "routed"])
+@pytest.mark.parametrize("backbone", [b for b in cpu_sized_backbones() if b not in ("test_cnn", "test_bottleneck")])
+def test_every_registered_backbone_exports_equal_to_the_masked_model(tmp_path, backbone, layout):
+    run_dir, suite = _synthetic_run(tmp_path, backbone, domains=("mnist", "textures"))
+    out = tmp_path / "exp"
+    res = export(ExportConfig(run_dir=str(run_dir), out=str(out), validation_images=2, graph=layout, round_to=8))
+    assert res.manifest.validation.passed and res.manifest.graph == layout
+    assert _ort_vs_masked(out, run_dir, suite, 6) <= 1e-4
+
+
 @pytest.mark.parametrize("layout", ["tables", "routed"])
 def test_kept_channels_equal_the_union_and_dead_chains_vanish(tmp_path, layout):
     run_dir, _ = _synthetic_run(tmp_path, "test_cnn", seed=3)
@@ -144,7 +156,7 @@ def test_manifest_round_trips_and_is_embedded(tiny_export):
     names = [d["name"] for d in doc["domains"]]
     executed = doc["macs_executed"]
     assert doc["graph"] == "routed"  # auto, for an ONNX export of a bap run serving several domains
-    # each sample runs its own domain's branch: its channels, plus rounding padding (round_to 16 may pad a
+    # each sample runs its own domain's branch: its channels, plus rounding padding (round_to 8 may pad a
     # tiny test network's branch up to the backbone's width)
     assert all(doc["macs"]["backbone"] >= executed[n] >= doc["macs"][n] for n in names)
     assert doc["macs"]["model"] == round(sum(executed.values()) / len(names))

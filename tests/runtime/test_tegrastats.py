@@ -1,4 +1,4 @@
-"""Every real line from runtime_anchors.md section 4.2, with the values a reader gets from it by eye."""
+"""Real tegrastats lines of each L4T / JetPack release (as NVIDIA documents and users post them), with the values a reader gets from them by eye."""
 
 import pytest
 

@@ -161,13 +161,15 @@ def test_dgprune_exports_and_validates_like_the_others(dg_run, tmp_path):
 
     out, report = dg_run
     res = export(
-        ExportConfig(run_dir=str(out), budget=0.5, out=str(tmp_path / "x"), validation_images=8, gather_threshold=1.0)
-    )  # always gather: executed MACs = the mask's
+        ExportConfig(
+            run_dir=str(out), budget=0.5, out=str(tmp_path / "x"), validation_images=8, gather_threshold=1.0, round_to=1
+        )
+    )  # always gather, no rounding: executed MACs = the mask's
     m = res.manifest
-    assert m["validation"]["passed"] and m["method"] == "dgprune"
-    assert m["criterion"]["variance_weight"] == 4.0
-    assert m["rel_macs_executed"] == pytest.approx(report["runs"][0]["rel_macs_executed"], abs=1e-9)
-    ops = json.loads(json.dumps(m["onnx_ops"]))
+    assert m.validation.passed and m.method == "dgprune"
+    assert m.criterion["variance_weight"] == 4.0
+    assert m.rel_macs_executed == pytest.approx(report["runs"][0]["rel_macs_executed"], abs=1e-9)
+    ops = json.loads(json.dumps(m.onnx_ops))
     assert ops.get("Mul", 0) <= 1  # only the input normalisation: BN folded into the convs, no per-domain tables
     g = onnx.load(str(tmp_path / "x" / "model.onnx"))
     assert not [i for i in g.graph.initializer if i.dims and i.dims[0] == 2 and len(i.dims) == 4]  # no [D,C,1,1]

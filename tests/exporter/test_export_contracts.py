@@ -57,7 +57,7 @@ def test_cli_defaults_are_the_config_defaults():
             assert default == fields[name].default, name
     special = {k: opts.pop(k) for k in ("domains", "specialise", "out", "data_root")}
     assert config_from_cli("r", **special, **opts) == ExportConfig(run_dir="r")
-    assert ExportConfig.round_to == 16 and ExportConfig.gather_threshold == 0.5
+    assert ExportConfig.round_to == 8 and ExportConfig.gather_threshold == 0.5
 
 
 def test_cli_help_states_the_defaults_and_why(run_cli, monkeypatch):
