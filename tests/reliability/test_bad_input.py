@@ -78,11 +78,41 @@ def env(tiny_run, tiny_export, tmp_path_factory):
     cr = t / "corruptstate"
     shutil.copytree(tiny_run[0], cr, ignore=shutil.ignore_patterns(".lock"))
     (cr / "budgets" / "0.5" / "state.safetensors").write_bytes(b"\x00" * 100)
+    # exports whose model.onnx was truncated / modified after publishing (integrity: sha256 in the manifest)
+    for name, damage in (("truncexport", lambda b: b[: len(b) // 2]), ("modexport", lambda b: b[:-8] + b"\x00" * 8)):
+        shutil.copytree(tiny_export[0], t / name)
+        (t / name / "model.onnx").write_bytes(damage((t / name / "model.onnx").read_bytes()))
+    # a run whose report.json does not parse
+    rr = t / "badreport"
+    shutil.copytree(tiny_run[0], rr, ignore=shutil.ignore_patterns(".lock"))
+    (rr / "report.json").write_text("{truncated")
     return {"RUN": str(tiny_run[0]), "EXPORT": str(tiny_export[0]), "TMP": str(t)}
 
 
 # (id, command, exit code, message fragment, paths that must not exist afterwards)
 CASES = [
+    ("eval-model-truncated", ["eval", "TMP/truncexport"], 2, "model.onnx is truncated", []),
+    (
+        "predict-model-modified",
+        ["predict", "TMP/modexport", "TMP/ok.png", "--domain", "mnist"],
+        2,
+        "model.onnx is modified",
+        [],
+    ),
+    (
+        "bench-model-truncated",
+        ["bench", "TMP/truncexport", "--json", "TMP/b9.json"],
+        2,
+        "model.onnx is truncated",
+        ["TMP/b9.json"],
+    ),
+    (
+        "export-report-corrupt",
+        ["export", "TMP/badreport", "--budget", "0.5", "--out", "TMP/e20"],
+        2,
+        "report.json",
+        ["TMP/e20"],
+    ),
     ("train-budget-zero", ["train", "--budgets", "0", "--out", "TMP/o1"], 2, "outside (0, 1]", ["TMP/o1"]),
     ("train-budget-big", ["train", "--budgets", "1.5", "--out", "TMP/o2"], 2, "outside (0, 1]", ["TMP/o2"]),
     (
@@ -399,6 +429,7 @@ def _sub(args, env):
 def _normalise(text, env):
     for k, v in sorted(env.items(), key=lambda kv: -len(kv[1])):
         text = text.replace(v, k)
+    text = re.sub(r"\b\d+ bytes, manifest.json records \d+", "N bytes, manifest.json records M", text)  # model size
     return re.sub(r"/tmp/[^\s;,)']+", "PATH", text)
 
 
