@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import shlex
 import sys
 import time
@@ -19,11 +20,22 @@ def command_line() -> str:
 
 
 def machine_facts() -> dict[str, Any]:
-    """CPU, threads, library versions and date."""
+    """CPU, threads, architecture, RAM, library versions and date."""
     from bap.core.env import machine, versions
 
-    return {**machine(), "versions": versions("onnx-graphsurgeon", "ultralytics-thop", "torch-pruning"),
+    return {**machine(), "arch": platform.machine(), "ram_gib": ram_gib(),
+            "versions": versions("onnx-graphsurgeon", "ultralytics-thop", "torch-pruning"),
             "date": time.strftime("%Y-%m-%d %H:%M %Z")}  # fmt: skip
+
+
+def ram_gib() -> float | None:
+    """Total physical memory in GiB (one decimal), or None where psutil cannot tell."""
+    try:
+        import psutil
+
+        return round(psutil.virtual_memory().total / 2**30, 1)
+    except Exception:  # psutil absent or unsupported here: the fact is optional
+        return None
 
 
 def write_results(name: str, doc: dict[str, Any], markdown: str, out: Path = RESULTS) -> tuple[Path, Path]:
