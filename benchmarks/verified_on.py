@@ -158,7 +158,7 @@ def stale(text: str, results: Path = RESULTS) -> str | None:
         return f"README.md lacks the markers {START} ... {END}"
     if want in current:
         return None
-    have = current.split("**Benchmark results**", 1)[-1]
+    have = current.removesuffix(END).rstrip().split("**Benchmark results**", 1)[-1]
     diff = difflib.unified_diff(
         ("**Benchmark results**" + have).splitlines(), want.splitlines(), "README.md", "result files", lineterm=""
     )
