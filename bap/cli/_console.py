@@ -1,4 +1,8 @@
-"""Rich console, logging set-up and the progress callback the library reports to."""
+"""Rich consoles, logging set-up and the progress callback the library reports to.
+
+Results (tables, summaries, the lines a script would keep) go to ``console`` on stdout; progress bars, status
+lines and logs go to ``err_console`` on stderr, so ``bap eval EXPORT > acc.txt`` keeps only the results.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +13,16 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-__all__ = ["RichCallback", "console", "setup_logging"]
+__all__ = ["RichCallback", "console", "err_console", "setup_logging"]
 
-console = Console(highlight=False)
+console = Console(highlight=False)  # results: stdout
+err_console = Console(stderr=True, highlight=False)  # progress, status and logs: stderr
 
 
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     """Library logs go to stderr through rich; INFO with ``--verbose``, WARNING otherwise, ERROR with ``--quiet``."""
     level = logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING
-    handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=verbose, markup=False)
+    handler = RichHandler(console=err_console, show_path=False, show_time=verbose, markup=False)
     logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
     logging.getLogger("bap").setLevel(level)
     for noisy in ("thop", "onnxscript", "torch.onnx"):
@@ -25,7 +30,7 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
 
 
 class RichCallback:
-    """A live progress bar per phase with the latest loss / switch usage."""
+    """A live progress bar per phase with the latest loss / switch usage, on stderr (``enabled=False``: silent)."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
@@ -45,7 +50,7 @@ class RichCallback:
             TextColumn("{task.fields[stats]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            console=console,
+            console=err_console,
             transient=False,
         )
         self.progress.start()
@@ -67,13 +72,13 @@ class RichCallback:
             self.progress = None
             self._stats = {}
         if message and self.enabled:
-            console.print(message)
+            err_console.print(message)
 
     def on_budget_end(self, result: dict[str, Any]) -> None:
         """One line per finished budget."""
         if not self.enabled:
             return
-        console.print(
+        err_console.print(
             f"  β={result['budget']:g}: mean acc {result['mean_accuracy']:.3f}, "
             f"rel MACs {result.get('rel_macs_mean', float('nan')):.3f}, rel params {result.get('rel_params', float('nan')):.3f}"
         )

@@ -25,14 +25,20 @@ DataRootOpt = Annotated[
 ]
 LayoutOpt = Annotated[
     str,
-    typer.Option("--layout", help="Layout of --data-root: imagefolder (ROOT/<domain>/<split>/<class>/) or decathlon."),
+    typer.Option(
+        "--layout",
+        help="Layout of --data-root: imagefolder (one folder per domain, split and class: ROOT/DOMAIN/SPLIT/CLASS) or "
+        "decathlon.",
+    ),
 ]
 DomainsOpt = Annotated[
     str | None,
     typer.Option("--domains", help="Comma-separated subset of domains (default: all).", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables; errors only.")]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bars or status lines (stderr); results still print.")
+]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log library messages (INFO).")]
 
 

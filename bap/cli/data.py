@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import typer
-from rich.table import Table
 
 from bap.cli._console import console
 from bap.cli._options import DataRootOpt, JsonOpt, LayoutOpt
+from bap.cli._tables import Grid, print_grid
 
 __all__ = ["register"]
 
@@ -27,15 +27,19 @@ def data_list(data_root: DataRootOpt = None, layout: LayoutOpt = "imagefolder", 
         typer.echo(json.dumps(rows, indent=2))
         return
     src = "the union of every training split" if union else ds.source_domain
-    t = Table(title=f"domains ({ds.origin.get('kind')}); default backbone pretrained on {src}")
-    for col in ("name", "classes", "train", "val", "test", "size", "source"):
-        t.add_column(col, justify="right" if col in ("classes", "train", "val", "test", "size") else "left")
+    g = Grid(
+        ["name", "classes", "train", "val", "test", "size", "source"],
+        title=f"domains ({ds.origin.get('kind')}); default backbone pretrained on {src}",
+        caption="train / val / test: images per split; size: input size in pixels",
+        right={1, 2, 3, 4, 5},
+        wrap={6},
+    )
     for r in rows:
         name = r["name"] + (" (source)" if r["source_domain"] and not union else "")
-        t.add_row(
+        g.add_row(
             name, str(r["classes"]), str(r["train"]), str(r["val"]), str(r["test"]), str(r["input_size"]), r["source"]
         )
-    console.print(t)
+    print_grid(g, console)
 
 
 def models(as_json: JsonOpt = False) -> None:
@@ -46,13 +50,10 @@ def models(as_json: JsonOpt = False) -> None:
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    t = Table(title="backbones")
-    t.add_column("name")
-    t.add_column("input", justify="right")
-    t.add_column("description")
+    g = Grid(["name", "input", "description"], title="backbones", right={1}, wrap={2})
     for r in rows:
-        t.add_row(r["name"], f"{r['input_size']} px", r["description"])
-    console.print(t)
+        g.add_row(r["name"], f"{r['input_size']} px", r["description"])
+    print_grid(g, console)
 
 
 def register(app: typer.Typer) -> None:

@@ -9,29 +9,34 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
+from rich.console import Console
+from rich.markup import escape
 
-from bap.cli._console import console, setup_logging
+from bap.cli._console import console, err_console, setup_logging
 from bap.cli._options import DataRootOpt, QuietOpt, VerboseOpt, parse_csv
+from bap.cli._tables import Grid, grid_fits, print_grid
 from bap.exporter.config import ExportConfig
 
 if TYPE_CHECKING:
     from bap.exporter.manifest import Manifest
 
-__all__ = ["config_from_cli", "register"]
+__all__ = ["config_from_cli", "plan_grid", "print_plan", "register"]
 
 D = ExportConfig  # class attributes of the dataclass are its defaults
 
 
-def plan_table(manifest: Manifest) -> Table:
+def plan_grid(manifest: Manifest) -> Grid:
     """Per-stage kept/total channels and MACs (executed by the compact model and per domain)."""
     names = manifest.domain_names
-    t = Table(title="channel plan (kept/total; MACs relative to the backbone stage)")
-    for col in ("stage", "convs", "in ch.", "out ch.", "executed", *names):
-        t.add_column(col, justify="left" if col == "stage" else "right")
+    g = Grid(
+        ["stage", "convs", "in ch.", "out ch.", "executed", *names],
+        title="channel plan (kept/total channels; MACs relative to the backbone's stage)",
+        caption="executed: MACs the multi-domain model runs per sample; a domain's column: its own network's MACs.",
+        right=set(range(1, 5 + len(names))),
+    )
     for r in manifest.plan_summary:
         base = max(1, r["macs_backbone"])
-        t.add_row(
+        g.add_row(
             r["stage"],
             str(r["convs"]),
             f"{r['in_kept']}/{r['in_total']}",
@@ -40,8 +45,32 @@ def plan_table(manifest: Manifest) -> Table:
             *[f"{r['macs'][n] / base:.2f}" for n in names],
         )
     executed = manifest.rel_macs_executed if manifest.rel_macs_executed is not None else manifest.rel_macs_mean
-    t.add_row("[bold]total", "", "", "", f"[bold]{executed:.3f}", *[f"[bold]{manifest.rel_macs[n]:.3f}" for n in names])
-    return t
+    g.add_row("[bold]total", "", "", "", f"[bold]{executed:.3f}", *[f"[bold]{manifest.rel_macs[n]:.3f}" for n in names])
+    return g
+
+
+def print_plan(manifest: Manifest, out: Console) -> None:
+    """The channel plan as one table when it fits ``out``, else channels and per-domain MACs as two tables."""
+    g = plan_grid(manifest)
+    if grid_fits(g, out):
+        print_grid(g, out)
+        return
+    cut = 5  # stage, convs, in ch., out ch., executed | one column per domain
+    channels = Grid(
+        g.headers[:cut],
+        [r[:cut] for r in g.rows],
+        title=g.title,
+        caption="executed: MACs the multi-domain model runs per sample.",
+        right=set(range(1, cut)),
+    )
+    per_domain = Grid(
+        g.headers[:1] + g.headers[cut:],
+        [r[:1] + r[cut:] for r in g.rows],
+        title="MACs of each domain's own network, relative to the backbone's stage",
+        right=set(range(1, len(g.headers) - cut + 1)),
+    )
+    print_grid(channels, out)
+    print_grid(per_domain, out)
 
 
 def _csv_or_all(value: str, empty: tuple[str, ...]) -> tuple[str, ...]:
@@ -65,7 +94,7 @@ def config_from_cli(
 
 
 def export(
-    run_dir: Annotated[Path, typer.Argument(help="A bap train run directory.", show_default=False)],
+    run_dir: Annotated[Path, typer.Argument(help="A bap train run directory.", show_default=False, metavar="RUN_DIR")],
     budget: Annotated[
         float | None,
         typer.Option(help="Trained budget to export (required if the run has several).", show_default=False),
@@ -149,17 +178,16 @@ def export(
     def say(stage: str, msg: str) -> None:
         if not quiet:
             style = "green" if msg.startswith("[ok]") else "red" if msg.startswith("[fail]") else "cyan"
-            console.print(f"[{style}]{stage:>9}[/] {msg}")
+            err_console.print(f"[{style}]{stage:>9}[/] {escape(msg)}")
 
     res = run_export(cfg, say)
-    if not quiet:
-        m = res.manifest
-        console.print(plan_table(m))
-        timing = ", ".join(f"{k} {v:.1f}s" for k, v in res.timings.items())
-        console.print(
-            f"exported {res.out_dir} ({m.graph} graph): rel MACs executed per sample {m.rel_macs_executed:.3f} "
-            f"(domains' own mean {m.rel_macs_mean:.3f}), rel params {m.rel_params:.3f}; {timing}"
-        )
+    m = res.manifest  # the results print with --quiet too
+    print_plan(m, console)
+    timing = ", ".join(f"{k} {v:.1f}s" for k, v in res.timings.items())
+    console.print(
+        f"exported {res.out_dir} ({m.graph} graph): rel MACs executed per sample {m.rel_macs_executed:.3f} "
+        f"(domains' own mean {m.rel_macs_mean:.3f}), rel params {m.rel_params:.3f}; {timing}"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import inspect
+import re
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import typer
+from typer.core import TyperCommand
 
 from bap import __version__
 
@@ -98,6 +101,35 @@ def _needs_train_extra(command: str, fn: Callable[..., Any]) -> Callable[..., An
     return checked
 
 
+class BapCommand(TyperCommand):
+    """A typer command whose usage line reads ``bap export [OPTIONS] RUN_DIR``, not ``{RUN_DIR}``."""
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        """Typer's usage pieces without the braces it puts around required arguments."""
+        return [re.sub(r"^\{(.*)\}((\.\.\.)?)$", r"\1\2", p) for p in super().collect_usage_pieces(ctx)]
+
+
+def reflow(doc: str | None) -> str | None:
+    """``doc`` with each paragraph on one line.
+
+    Typer's rich help keeps single line breaks, which at 80 columns leave half-empty lines mid-sentence.
+    """
+    if not doc:
+        return doc
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(doc).split("\n\n"))
+
+
+def _polish_help(typer_app: typer.Typer) -> None:
+    """Reflowed help texts and brace-free usage lines for every command."""
+    for info in typer_app.registered_commands:
+        if info.help is None and info.callback is not None:
+            info.help = reflow(info.callback.__doc__)
+        if info.cls in (None, TyperCommand):
+            info.cls = BapCommand
+    for group in typer_app.registered_groups:
+        _polish_help(group.typer_instance)
+
+
 def _guard(typer_app: typer.Typer, prefix: str = "") -> None:
     for info in typer_app.registered_commands:
         name = f"{prefix}{info.name or info.callback.__name__}"
@@ -116,6 +148,7 @@ def _register() -> None:
     train.register(app)
     export.register(app)
     runtime.register(app)
+    _polish_help(app)
     _guard(app)
 
 

@@ -7,16 +7,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich import box
-from rich.table import Table
+from rich.markup import escape
 
 from bap.cli._console import RichCallback, console, setup_logging
 from bap.cli._options import DataRootOpt, JsonOpt, QuietOpt, VerboseOpt, parse_csv, parse_ints
+from bap.cli._tables import Grid, print_grid
 
-__all__ = ["bench_table", "register"]
+__all__ = ["bench_grid", "eval_grid", "register"]
 
 ExportArg = Annotated[
-    Path, typer.Argument(help="An export directory (or a self-describing model.onnx).", show_default=False)
+    Path,
+    typer.Argument(help="An export directory (or a self-describing model.onnx).", show_default=False, metavar="EXPORT"),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or jetson (no silent CPU fallback).")]
 BackendOpt = Annotated[str, typer.Option(help="ort (ONNX Runtime) or trt (the export's TensorRT engine).")]
@@ -51,23 +52,26 @@ def evaluate(
     if as_json:
         typer.echo(json.dumps(res, indent=2))
         return
-    if quiet:
-        return
-    t = Table(title=f"bap eval: {export} ({split}, {', '.join(res['providers'])})")
-    t.add_column("domain")
-    t.add_column("images", justify="right")
-    t.add_column("accuracy", justify="right")
-    for d, a in res["accuracy"].items():
-        t.add_row(d, str(res["samples"][d]), f"{a:.4f}")
-    t.add_row("[bold]mean", "", f"[bold]{res['mean_accuracy']:.4f}")
-    console.print(t)
+    print_grid(eval_grid(res, f"bap eval: {export} ({split} split, {', '.join(res['providers'])})"), console)
     if res["s_score"] is not None:
-        console.print(f"S-score: {res['s_score']:.0f} (of {1000 * len(res['accuracy'])})")
+        console.print(
+            f"S-score: {res['s_score']:.0f} (of {1000 * len(res['accuracy'])}; Visual Decathlon score: 1000 per "
+            "error-free domain, 0 for a domain at twice the fine-tuned baseline's error or worse)"
+        )
+
+
+def eval_grid(res: dict[str, Any], title: str) -> Grid:
+    """Accuracy per domain and the mean, from :func:`bap.runtime.evaluate.evaluate_export`'s result."""
+    g = Grid(["domain", "images", "accuracy"], title=title, right={1, 2})
+    for d, a in res["accuracy"].items():
+        g.add_row(d, str(res["samples"][d]), f"{a:.4f}", section=d == list(res["accuracy"])[-1])
+    g.add_row("[bold]mean", "", f"[bold]{res['mean_accuracy']:.4f}")
+    return g
 
 
 def predict(
     export: ExportArg,
-    images: Annotated[list[Path], typer.Argument(help="Image files.", show_default=False)],
+    images: Annotated[list[Path], typer.Argument(help="Image files.", show_default=False, metavar="IMAGE")],
     domain: Annotated[
         str, typer.Option("--domain", "-d", help="Domain name or id of every image (or a,b,... one per image).")
     ] = ...,
@@ -100,26 +104,28 @@ def _sig(ms: float) -> str:
     return f"{ms:.0f}" if ms >= 100 else f"{ms:.3g}"
 
 
-def bench_table(doc: dict[str, Any]) -> Table:
+BENCH_CAPTION = "latency in ms; peak RSS and file size in MB; MACs× and lat× relative to the backbone"
+
+
+def bench_grid(doc: dict[str, Any]) -> Grid:
     """Per model x batch: latency percentiles, throughput, memory, size and ratios to the backbone."""
     ratios = {(r["batch"], r["role"]): r for r in doc["ratios"]}  # by role: compared exports share file names
-    t = Table(
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        caption="latency in ms; peak RSS and file size in MB; MACs× and lat× relative to the backbone",
-        padding=(0, 1, 0, 0),
-        title=f"bap bench ({doc['device'].get('device')}, {doc['device'].get('backend')}, {doc['device'].get('threads') or 'auto'} threads)",
+    dev = doc["device"]
+    # short headers (units in the caption): the whole table fits in 80 columns
+    g = Grid(
+        ["model", "batch", "median", "p90", "p99", "img/s", "RSS", "file", "MACs×", "lat×"],
+        title=f"bap bench ({dev.get('device')}, {dev.get('backend')}, {dev.get('threads') or 'auto'} threads, "
+        f"{doc.get('input_size') or '?'} px)",
+        caption=BENCH_CAPTION,
+        right=set(range(1, 10)),
     )
-    # short headers (units in the caption), no wrapping: the whole table fits in 80 columns
-    for col in ("model", "batch", "median", "p90", "p99", "img/s", "RSS", "file", "MACs×", "lat×"):
-        t.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
     for r in doc["results"]:
         if "error" in r:
-            t.add_row(r["role"], str(r["batch"]), f"[red]error: {r['error'][:60]}", "", "", "", "", "", "", "")
+            g.add_row(r["role"], str(r["batch"]), f"[red]error: {escape(r['error'][:60])}", *[""] * 7)
             continue
         q = ratios.get((r["batch"], r["role"]))
         lat = r["latency_ms"]
-        t.add_row(
+        g.add_row(
             r["role"],
             str(r["batch"]),
             _sig(lat["median"]),
@@ -131,7 +137,7 @@ def bench_table(doc: dict[str, Any]) -> Table:
             "1.00" if r["role"] == "backbone" else f"{q['macs']:.2f}" if q else "-",
             "1.00" if r["role"] == "backbone" else f"{q['latency']:.2f}" if q else "-",
         )
-    return t
+    return g
 
 
 def bench(
@@ -194,15 +200,14 @@ def bench(
         from bap.runtime.plots import plot_bench
 
         plot_bench(doc, plot)
-    if not quiet:
-        _print_bench(doc)
+    _print_bench(doc)  # results print with --quiet too
     if failed := subject_errors(doc):  # the other models' failures are rows; the subject's is the command's
         raise IncompatibleArtifactError(f"the multi-domain model failed: {failed[0]}", "re-export the model")
 
 
 def _print_bench(doc: dict[str, Any]) -> None:
     """The bench table and its one-line summaries."""
-    console.print(bench_table(doc))
+    print_grid(bench_grid(doc), console)
     md = [r for r in doc["ratios"] if r["role"] == "multi-domain"]
     for r in md:
         console.print(

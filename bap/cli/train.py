@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.console import Console
 
 from bap.cli._console import RichCallback, console, setup_logging
 from bap.cli._options import (
@@ -19,32 +19,68 @@ from bap.cli._options import (
     parse_floats,
     parse_ints,
 )
+from bap.cli._tables import Grid, grid_fits, print_grid
 
-__all__ = ["register", "summary_table"]
+__all__ = ["print_results", "register", "results_grid", "results_grid_narrow"]
 
 
-def summary_table(report: dict[str, Any]) -> Table:
-    """The paper-style table of a training report: one row per method x budget."""
-    runs = report["runs"]
+RESULTS_TITLE = "bap train: results"
+RESULTS_LEGEND = (
+    "Accuracy on each domain's test split. S: Visual Decathlon score (1000 per error-free domain, 0 at twice the "
+    "fine-tuned baseline's error). MACs and params relative to the backbone. max usage: the largest share of "
+    "switches a domain keeps on; AND: share kept by every domain; prunable: share kept by none."
+)
+
+
+def _cells(run: dict[str, Any], names: list[str]) -> dict[str, str]:
+    """One run's formatted metrics by column name."""
+    s = run.get("s_score")
+    return {
+        "max usage": f"{max(run['active_fraction'].values()):.3f}",
+        **{n: f"{run['accuracy'][n]:.3f}" for n in names},
+        "mean": f"{run['mean_accuracy']:.3f}",
+        "S": "-" if s is None else f"{s:.0f}",
+        "rel MACs": f"{run['rel_macs_mean']:.3f}",
+        "rel params": f"{run['rel_params']:.3f}",
+        "AND": f"{run['and_fraction']:.2f}",
+        "prunable": f"{run['prunable_fraction']:.2f}",
+    }
+
+
+def results_grid(report: dict[str, Any]) -> Grid:
+    """The paper-style table of a training report, one row per method x budget (wide terminals)."""
     names = [d["name"] for d in report["domains"]]
-    t = Table(title="bap train: results (test accuracy; MACs/params relative to the backbone)")
-    for col in ("method", "β", "max usage", *names, "mean", "S", "rel MACs", "rel params", "AND", "prunable"):
-        t.add_column(col, justify="left" if col == "method" else "right")
-    for r in runs:
-        s = r.get("s_score")
-        t.add_row(
-            r["method"],
-            f"{r['budget']:g}",
-            f"{max(r['active_fraction'].values()):.3f}",
-            *[f"{r['accuracy'][n]:.3f}" for n in names],
-            f"{r['mean_accuracy']:.3f}",
-            "-" if s is None else f"{s:.0f}",
-            f"{r['rel_macs_mean']:.3f}",
-            f"{r['rel_params']:.3f}",
-            f"{r['and_fraction']:.2f}",
-            f"{r['prunable_fraction']:.2f}",
-        )
-    return t
+    metrics = ["max usage", *names, "mean", "S", "rel MACs", "rel params", "AND", "prunable"]
+    g = Grid(
+        ["method", "β", *metrics], title=RESULTS_TITLE, caption=RESULTS_LEGEND, right=set(range(1, 3 + len(metrics)))
+    )
+    for r in report["runs"]:
+        cells = _cells(r, names)
+        g.add_row(r["method"], f"{r['budget']:g}", *(cells[m] for m in metrics))
+    return g
+
+
+def results_grid_narrow(report: dict[str, Any]) -> Grid:
+    """The same numbers transposed (one column per method x budget, one row per metric) for narrow terminals."""
+    names = [d["name"] for d in report["domains"]]
+    runs = report["runs"]
+    g = Grid(
+        ["", *(f"{r['method']} β={r['budget']:g}" for r in runs)],
+        title=RESULTS_TITLE,
+        caption=RESULTS_LEGEND,
+        right=set(range(1, 1 + len(runs))),
+    )
+    cells = [_cells(r, names) for r in runs]
+    labels = {"mean": "mean accuracy", "S": f"S (of {1000 * len(names)})"}
+    for m in [*names, "mean", "S", "max usage", "rel MACs", "rel params", "AND", "prunable"]:
+        g.add_row(labels.get(m, m), *(c[m] for c in cells), section=m in (names[-1], "S"))
+    return g
+
+
+def print_results(report: dict[str, Any], out: Console) -> None:
+    """The results of ``bap train``: the wide table when it fits ``out``, else the transposed one."""
+    wide = results_grid(report)
+    print_grid(wide if grid_fits(wide, out) else results_grid_narrow(report), out)
 
 
 def train(
@@ -149,7 +185,8 @@ def train(
     from bap.trainer import TrainConfig
     from bap.trainer import train as run_train
 
-    quiet = quiet or int(os.environ.get("RANK", "0")) > 0  # under torchrun only rank 0 reports
+    rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
+    quiet = quiet or not rank0
     setup_logging(verbose, quiet and not verbose)
     cfg = TrainConfig(
         out=str(out),
@@ -184,8 +221,8 @@ def train(
         quiet=quiet,
     )
     report = run_train(cfg, RichCallback(enabled=not quiet))
-    if not quiet:
-        console.print(summary_table(report))
+    if rank0:  # --quiet silences progress, not results
+        print_results(report, console)
         console.print(f"run directory: {cfg.out}  (next: bap export {cfg.out} --budget 0.5)")
 
 
@@ -209,8 +246,7 @@ def pretrain(
     BACKBONES.get(backbone)
     ds = load_domains(str(data_root) if data_root else None, layout)
     path, info = ensure_pretrained(backbone, ds, epochs, seed, resolve_device(device), RichCallback(not quiet))
-    if not quiet:
-        console.print(f"{backbone}: val accuracy on {info['source']} {info['val_accuracy']:.3f} -> {path}")
+    console.print(f"{backbone}: val accuracy on {info['source']} {info['val_accuracy']:.3f} -> {path}")
 
 
 def register(app: typer.Typer) -> None:
