@@ -1,6 +1,6 @@
 # bap: two commands on a fresh machine.
 #   make demo   create .venv, install, train on the embedded suite, export budget 0.5, benchmark on the CPU
-#               (at the trained 32x32 and at 224x224)
+#               (at the trained 32x32 and at 224x224), then summarise what it measured (bap summary)
 #   make test   create .venv, install, run the test suite
 # Everything is installed by these targets; nothing needs to be installed by hand.
 
@@ -31,6 +31,8 @@ demo: $(STAMP)
 	@echo "--- the same models at 224x224 (the convs are resolution-agnostic): the regime edge deployments run in"
 	$(BIN)/bap bench $(DEMO)/export --device cpu --batch-sizes 1,16 --input-size 224 --warmup-s 0.5 --duration-s 2 \
 		--json $(DEMO)/bench-224.json
+	@echo "--- what the demo measured"
+	$(BIN)/bap summary --run $(DEMO)/run --export $(DEMO)/export --bench $(DEMO)/bench.json --bench $(DEMO)/bench-224.json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -142,12 +142,13 @@ def _guard(typer_app: typer.Typer, prefix: str = "") -> None:
 def _register() -> None:
     # The command modules import their libraries (torch, onnxruntime, ...) inside the command functions, so
     # registering them is cheap and works on a runtime-only install.
-    from bap.cli import data, export, runtime, train
+    from bap.cli import data, export, runtime, summary, train
 
     data.register(app)
     train.register(app)
     export.register(app)
     runtime.register(app)
+    summary.register(app)
     _polish_help(app)
     _guard(app)
 
