@@ -139,7 +139,7 @@ def test_bap_export_prints_the_plan_on_stdout_and_status_on_stderr(tiny_run, tmp
     assert r.code == 0, r.err[-2000:]
     _assert_fits(r.out)
     assert "channel plan" in r.out and "exported" in r.out
-    assert "validate" in r.err and "validate" not in r.out  # stage lines are status
+    assert "top-1 agreement" in r.err and "top-1 agreement" not in r.out  # validation lines are status
     q = run_cli(["export", tiny_run[0], "--budget", "0.5", "--out", tmp_path / "q", "--validation-images", "2", "-q"])
     assert q.code == 0, q.err[-2000:]
     assert "channel plan" in q.out and not q.err.strip()
