@@ -444,6 +444,10 @@ def test_cli_bad_input(case, env, run_cli):
     assert got == code, (cid, got, out[-500:], err[-500:])
     if code:
         lines = [x for x in err.strip().splitlines() if x.strip()]
+        # status lines go to stderr too (issue 18): the error is one line, the last, after any of them
+        start = next((i for i, x in enumerate(lines) if x.startswith(("error:", "internal error:"))), 0)
+        assert start == len(lines) - 1, err
+        lines = lines[start:]
         assert len(lines) == 1, err  # one line, no traceback
         assert "Traceback" not in err
         assert fragment in lines[0], lines[0]
