@@ -38,6 +38,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--grid", default=",".join(f"{r}:{g:g}" for r, g in GRID), help="ROUND:GATHER pairs")
     p.add_argument("--work", type=Path, default=WORK / "export_defaults")
     p.add_argument("--name", default="export_defaults", help="result file stem")
+    p.add_argument("--reuse", action="store_true", help="time the exports already in --work (a second timing run)")
     return p.parse_args()
 
 
@@ -53,7 +54,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(a.threads)
-    from bap.exporter import ExportConfig, export
+    from bap.exporter import ExportConfig, export, read_manifest
     from bap.runtime.bench import BenchConfig, bench
 
     defaults = ExportConfig(run_dir=str(a.run))
@@ -63,12 +64,18 @@ def main() -> None:
     params: dict[str, tuple[float, float]] = {}
     for label, kw in [("default", {}), *((f"r{r}-g{g:g}", {"round_to": r, "gather_threshold": g}) for r, g in grid)]:
         out = a.work / f"{a.run.name}-{label}"
-        shutil.rmtree(out, ignore_errors=True)
         t0 = time.time()
-        m = export(ExportConfig(run_dir=str(a.run), budget=a.budget, out=str(out), validation_images=4, **kw)).manifest
+        if a.reuse and (out / "manifest.json").is_file():
+            m = read_manifest(out)
+        else:
+            shutil.rmtree(out, ignore_errors=True)
+            m = export(
+                ExportConfig(run_dir=str(a.run), budget=a.budget, out=str(out), validation_images=4, **kw)
+            ).manifest
         outs[label] = out
         params[label] = (m.params.model / m.params.backbone, (m.params.loaded or m.params.model) / m.params.backbone)
-        print(f"exported {label} ({m.graph}) in {time.time() - t0:.1f} s")
+        how = "reused" if a.reuse and time.time() - t0 < 1 else f"exported in {time.time() - t0:.1f} s"
+        print(f"{label} ({m.graph}): {how}")
     sizes = tuple(int(b) for b in a.batch_sizes.split(","))
     doc = bench(BenchConfig(export=str(outs["default"]), batch_sizes=sizes, warmup_s=a.warmup_s,
                             duration_s=a.duration_s, iterations=5, threads=a.threads, input_size=a.size, memory=False,
