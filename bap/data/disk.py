@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from bap.core.registry import Registry
+from bap.data.imaging import IMAGE_EXTENSIONS
 from bap.data.types import Domain, DomainSet, FileSplit, Preprocess
 from bap.errors import DataError
 
@@ -22,7 +23,6 @@ __all__ = ["IMAGE_EXTENSIONS", "LAYOUTS", "load_decathlon", "load_imagefolder"]
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "val", "test")
 # Rebuffi et al. (residual_adapters, imdbfolder_coco.py): these three keep the 72 px center crop, no flip
 DECATHLON_FULL_CROP = ("gtsrb", "omniglot", "svhn")

@@ -21,6 +21,7 @@ import numpy as np
 from bap.errors import InputError
 
 __all__ = [
+    "IMAGE_EXTENSIONS",
     "MAX_PIXELS",
     "center_crop",
     "decode_image",
@@ -28,6 +29,8 @@ __all__ = [
     "resize_center_crop_array",
     "to_rgb_array",
 ]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 # 64 megapixels: far beyond any camera frame bap is meant for, far below memory trouble
 MAX_PIXELS = 64_000_000
