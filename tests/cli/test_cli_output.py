@@ -194,13 +194,17 @@ def test_bap_bench_and_summary_fit_80_columns(tiny_run, tiny_export, tmp_path, r
 def test_summary_explains_slower_and_faster_honestly():
     from bap.cli.summary import LatencyRow, Summary, summary_lines
 
-    def summary(latency: float) -> Summary:
-        row = LatencyRow(224, 1, 10.0, 10.0 * latency, latency, 0.6)
+    def summary(latency: float, backbone_ms: float = 10.0) -> Summary:
+        row = LatencyRow(224, 1, backbone_ms, backbone_ms * latency, latency, 0.6)
         return Summary("cifar_resnet14", "mnist", "bap", 0.5, "routed", {"mnist": 0.99, "mnist_m": 0.39}, 1500.0,
                        100, 300, 120, 0.6, 0.5, 10**6, [row], "cpu", 2, 32, 8, 0.5, 200)  # fmt: skip
 
-    slow = " ".join(summary_lines(summary(1.2))["latency"])
+    # a fast backbone (under 2 ms per image): operator overhead is the stated reason
+    slow = " ".join(summary_lines(summary(1.2, backbone_ms=1.0))["latency"])
     assert "slower than the backbone at 224 px (1.20x at batch 1)" in slow and "per-operator overhead" in slow
+    # a compute-bound backbone: overhead is not claimed
+    slow = " ".join(summary_lines(summary(1.2))["latency"])
+    assert "slower at 224 px (1.20x at batch 1)" in slow and "overhead" not in slow
     fast = " ".join(summary_lines(summary(0.7))["latency"])
     assert "slower" not in fast and "0.70x at batch 1" in fast
     acc = " ".join(summary_lines(summary(1.0))["accuracy"])
