@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,11 +15,19 @@ from bap.cli._console import RichCallback, console, setup_logging
 from bap.cli._options import DataRootOpt, JsonOpt, QuietOpt, VerboseOpt, parse_csv, parse_ints
 from bap.cli._tables import Grid, print_grid
 
-__all__ = ["bench_grid", "eval_grid", "register"]
+__all__ = ["bench_failures", "bench_grid", "eval_grid", "register"]
 
 ExportArg = Annotated[
     Path,
     typer.Argument(help="An export directory (or a self-describing model.onnx).", show_default=False, metavar="EXPORT"),
+]
+BenchExportArg = Annotated[
+    Path,
+    typer.Argument(
+        help="The directory bap export wrote (bench compares its models against its backbone.onnx).",
+        show_default=False,
+        metavar="EXPORT",
+    ),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or jetson (no silent CPU fallback).")]
 BackendOpt = Annotated[str, typer.Option(help="ort (ONNX Runtime) or trt (the export's TensorRT engine).")]
@@ -120,8 +130,8 @@ def bench_grid(doc: dict[str, Any]) -> Grid:
         right=set(range(1, 10)),
     )
     for r in doc["results"]:
-        if "error" in r:
-            g.add_row(r["role"], str(r["batch"]), f"[red]error: {escape(r['error'][:60])}", *[""] * 7)
+        if "error" in r:  # the whole error is printed under the table (bench_failures)
+            g.add_row(r["role"], str(r["batch"]), "[red]failed", *[""] * 7)
             continue
         q = ratios.get((r["batch"], r["role"]))
         lat = r["latency_ms"]
@@ -140,8 +150,35 @@ def bench_grid(doc: dict[str, Any]) -> Grid:
     return g
 
 
+def bench_failures(doc: dict[str, Any]) -> list[str]:
+    """One full line per failed model x batch, printed under the bench table."""
+    from bap.runtime.bench import failures
+
+    return [f"failed: {r['role']} at batch {r['batch']}: {r['error']}" for r in failures(doc)]
+
+
+def _check_output(path: Path | None, flag: str) -> None:
+    """Refuse an output path the bench could not write, before anything is timed."""
+    from bap.errors import ConfigError
+
+    if path is None:
+        return
+    fix = f"give {flag} a file path in a writable directory"
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a directory", fix)
+    parent = path.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{flag} {path}: the directory {parent} does not exist", f"create it first or {fix}")
+    try:  # the same temp file atomic_write_* makes next to the target
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    except OSError as e:
+        raise ConfigError(f"{flag} {path}: cannot write in {parent} ({e.strerror or e})", fix) from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
 def bench(
-    export: ExportArg,
+    export: BenchExportArg,
     device: DeviceOpt = "cpu",
     backend: BackendOpt = "ort",
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32",
@@ -174,11 +211,16 @@ def bench(
 ) -> None:
     """Latency / throughput / memory of the compact model against backbone.onnx, interleaved, with ratios."""
     from bap.core.io import atomic_write_json
-    from bap.errors import IncompatibleArtifactError
-    from bap.runtime.bench import BenchConfig, subject_errors
+    from bap.runtime.bench import BenchConfig
     from bap.runtime.bench import bench as run_bench
 
     setup_logging(verbose, quiet)
+    _check_output(json_out, "--json")
+    _check_output(plot, "--plot")
+    if plot:  # before the timing run, not after it
+        from bap.runtime.plots import pyplot
+
+        pyplot()
     cfg = BenchConfig(
         export=str(export),
         device=device,
@@ -196,18 +238,36 @@ def bench(
     doc = run_bench(cfg, RichCallback(False))
     if json_out:
         atomic_write_json(json_out, doc)
+    _print_bench(doc)  # results print with --quiet too
     if plot:
         from bap.runtime.plots import plot_bench
 
         plot_bench(doc, plot)
-    _print_bench(doc)  # results print with --quiet too
-    if failed := subject_errors(doc):  # the other models' failures are rows; the subject's is the command's
-        raise IncompatibleArtifactError(f"the multi-domain model failed: {failed[0]}", "re-export the model")
+    _raise_for_failures(doc)
+
+
+def _raise_for_failures(doc: dict[str, Any]) -> None:
+    """Exit non-zero when the subject failed, or the backbone did (no ratios); other models' failures are rows."""
+    from bap.errors import IncompatibleArtifactError
+    from bap.runtime.bench import failures
+
+    for role, what, consequence in (
+        ("multi-domain", "the multi-domain model", ""),
+        ("backbone", "the backbone", " (no ratios can be computed)"),
+    ):
+        if failed := failures(doc, role):
+            r = failed[0]
+            raise IncompatibleArtifactError(
+                f"{what} failed at batch {r['batch']}{consequence}: {r['error']}",
+                "fix that as the error says, or bench on a device that can run the model",
+            )
 
 
 def _print_bench(doc: dict[str, Any]) -> None:
     """The bench table and its one-line summaries."""
     print_grid(bench_grid(doc), console)
+    for line in bench_failures(doc):
+        console.print(f"[red]{escape(line)}")
     md = [r for r in doc["ratios"] if r["role"] == "multi-domain"]
     for r in md:
         console.print(

@@ -7,6 +7,7 @@ ends with it. Every number comes from those files (nothing is estimated).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from bap.cli._console import console
+from bap.cli._console import console, err_console
 from bap.cli._tables import Grid, print_grid
 
 __all__ = ["LatencyRow", "Summary", "collect_summary", "latency_grid", "print_summary", "register", "summary_lines"]
@@ -29,6 +30,8 @@ DOMAIN_NOTES = {
 
 
 OVERHEAD_BOUND_MS = 2.0  # below this per image, bap bench notes that operator overhead sets the ratios
+# the export settings the latency sentence names "export defaults" when they equal ExportConfig's defaults
+SPEED_SETTINGS = ("graph", "precision", "round_to", "gather_threshold")
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,9 @@ class Summary:
     round_to: int | None = None
     gather_threshold: float | None = None
     operators: int | None = None  # ONNX nodes of the multi-domain model
+    export_defaults: bool = False  # exported with ExportConfig's defaults for SPEED_SETTINGS
+    benches: int = 0  # bench JSONs read (latency may still be empty: no batch where both models ran)
+    warnings: tuple[str, ...] = ()  # the files given do not belong together
 
     @property
     def mean_accuracy(self) -> float:
@@ -77,13 +83,19 @@ class Summary:
 def _read_report(run_dir: Path) -> dict[str, Any]:
     from bap.errors import IncompatibleArtifactError
 
+    fix = "pass the directory bap train wrote (--run)"
+    if not run_dir.exists():
+        raise IncompatibleArtifactError(f"the run directory {run_dir} does not exist", fix)
+    if not run_dir.is_dir():
+        raise IncompatibleArtifactError(f"--run {run_dir} is not a directory", fix)
     path = run_dir / "report.json"
     try:
-        return json.loads(path.read_text())
+        doc = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise IncompatibleArtifactError(
-            f"{path} cannot be read ({type(e).__name__})", "pass the directory bap train wrote (--run)"
-        ) from None
+        raise IncompatibleArtifactError(f"{path} cannot be read ({type(e).__name__})", fix) from None
+    if not isinstance(doc, dict):
+        raise IncompatibleArtifactError(f"{path} is not a JSON object", "re-create it (bap train)")
+    return doc
 
 
 def _read_bench(path: Path) -> dict[str, Any]:
@@ -127,16 +139,52 @@ def _source(report: dict[str, Any]) -> str | None:
     return cfg.get("pretrain_source") or ("mnist" if cfg.get("data_root") is None else None)
 
 
-def collect_summary(run_dir: Path, export_dir: Path, bench: list[Path]) -> Summary:
-    """Read ``run_dir/report.json``, the export's manifest and the bench JSONs into a :class:`Summary`."""
-    from bap.exporter.manifest import read_manifest
+def _export_defaults(export_config: dict[str, Any]) -> bool:
+    """Whether the export used ``ExportConfig``'s defaults for every setting that shapes its speed."""
+    from bap.exporter.config import ExportConfig
 
-    report = _read_report(run_dir)
+    defaults = {f.name: f.default for f in dataclasses.fields(ExportConfig)}
+    return all(k in export_config and export_config[k] == defaults[k] for k in SPEED_SETTINGS)
+
+
+def _same_dir(a: str | Path, b: Path) -> bool:
+    return Path(a).resolve() == b.resolve()
+
+
+def _mismatches(run_dir: Path, export_dir: Path, m: Any, bench: list[Path], docs: list[dict]) -> tuple[str, ...]:
+    """One line per file that does not belong with the others (the summary still prints)."""
+    out = []
+    if m.source_run.path and not _same_dir(m.source_run.path, run_dir):
+        out.append(f"the export {export_dir} was made from {m.source_run.path}, not from --run {run_dir}")
+    for p, d in zip(bench, docs, strict=True):
+        if isinstance(d.get("export"), str) and not _same_dir(d["export"], export_dir):
+            out.append(f"the bench JSON {p} timed {d['export']}, not --export {export_dir}")
+    return tuple(out)
+
+
+def collect_summary(run_dir: Path, export_dir: Path, bench: list[Path]) -> Summary:
+    """Read ``run_dir/report.json``, the export's manifest and the bench JSONs into a :class:`Summary`.
+
+    Raises:
+        IncompatibleArtifactError: a file is missing or unreadable (named in the message).
+        ConfigError: ``export_dir`` is a file other than an export's ONNX model or manifest.
+    """
+    from bap.errors import IncompatibleArtifactError
+    from bap.exporter.manifest import read_manifest
+    from bap.runtime.bench import export_dir as as_export_dir
+
+    report = _read_report(Path(run_dir))
+    export_dir = as_export_dir(export_dir, "bap summary --export", "it reads manifest.json")
+    if not export_dir.exists():
+        raise IncompatibleArtifactError(
+            f"the export directory {export_dir} does not exist", "pass the directory bap export wrote (--export)"
+        )
     m = read_manifest(export_dir)
     run = _run_of(report, m.method, m.budget) or {}
     accuracy = {n: float(a) for n, a in m.accuracy.items() if a is not None} or dict(run.get("accuracy", {}))
     docs = [_read_bench(p) for p in bench]
     device = docs[0]["device"] if docs else {}
+    threshold = m.export_config.get("gather_threshold")
     return Summary(
         backbone=str(report.get("backbone", {}).get("name", "?")),
         source=_source(report),
@@ -156,8 +204,11 @@ def collect_summary(run_dir: Path, export_dir: Path, bench: list[Path]) -> Summa
         cpus=device.get("logical_cpus"),
         trained_size=m.input.size,
         round_to=m.round_to,
-        gather_threshold=m.export_config.get("gather_threshold"),
+        gather_threshold=float(threshold) if isinstance(threshold, (int, float)) else None,
         operators=sum(m.onnx_ops.values()) or None,
+        export_defaults=_export_defaults(m.export_config),
+        benches=len(docs),
+        warnings=_mismatches(Path(run_dir), export_dir, m, bench, docs),
     )
 
 
@@ -214,27 +265,41 @@ def _by_size(rows: list[LatencyRow]) -> str:
     return " and ".join(parts)
 
 
+def _settings(s: Summary) -> str:
+    """``export defaults (round-to 8, gather threshold 0.5)``, or ``export settings (...)`` when not the defaults."""
+    parts = [f"round-to {s.round_to}"] if s.round_to else []
+    parts += [f"gather threshold {s.gather_threshold:g}"] if s.gather_threshold is not None else []
+    which = "export defaults" if s.export_defaults else "export settings"
+    return f"{which} ({', '.join(parts)})" if parts else which
+
+
 def _latency_lines(s: Summary) -> list[str]:
+    if not s.latency and s.benches:
+        return [
+            "Latency: the bench JSON has no batch where both the backbone and the model ran (see the errors "
+            "bap bench printed; re-run it)."
+        ]
     if not s.latency:
         return ["Latency: no bench JSON given (bap bench EXPORT --json FILE, then --bench FILE)."]
     cpu = f"{s.cpus}-core CPU" if s.cpus else "CPU"
-    defaults = f" (round-to {s.round_to}, gather threshold {s.gather_threshold:g})" if s.round_to else ""
     trained = f"; {s.trained_size} px is the trained size" if s.trained_size else ""
-    lines = [
-        f"Latency on this {cpu} ({s.cpu or '?'}), medians of interleaved runs, export defaults{defaults}{trained}:"
-    ]
+    lines = [f"Latency on this {cpu} ({s.cpu or '?'}), medians of interleaved runs, {_settings(s)}{trained}:"]
     slower = [r for r in s.latency if r.latency > 1.0]
     # per-operator overhead explains a loss only where the backbone itself takes little time per image
     tiny = [r for r in slower if r.backbone_ms / r.batch < OVERHEAD_BOUND_MS]
     if tiny:
         fewer = min(r.macs for r in tiny)
         saves = f", which costs more than the {1 - fewer:.0%} of MACs it saves" if fewer < 1 else ""
-        ops = f"{s.operators} ONNX operators" if s.operators else "more operators"
         lines.append(
             f"The multi-domain model is slower than the backbone at {_by_size(tiny)}. There the backbone takes under "
             f"{OVERHEAD_BOUND_MS:g} ms per image, so on this {cpu} per-operator overhead outweighs compute, and the "
-            f"multi-domain graph runs {ops} to route each sample to its domain's branch and back{saves}."
+            f"multi-domain graph routes each sample to its domain's branch and back{saves}."
         )
+        if s.operators:
+            lines.append(
+                f"The multi-domain graph has {s.operators} ONNX nodes (routing, padding and the constant nodes that "
+                "derive each branch's weights; ONNX Runtime folds the latter when it loads the model)."
+            )
     heavy = [r for r in slower if r not in tiny]
     if heavy:
         lines.append(
@@ -295,7 +360,10 @@ def summary(
     ] = None,
 ) -> None:
     """Explain what a train -> export -> bench round trip measured: accuracy, S, size and latency (make demo)."""
-    print_summary(collect_summary(run, export, list(bench or [])), console)
+    s = collect_summary(run, export, list(bench or []))
+    for w in s.warnings:  # the summary still prints: the user decides whether the files belong together
+        err_console.print(f"[yellow]warning:[/] {escape(w)}")
+    print_summary(s, console)
 
 
 def register(app: typer.Typer) -> None:

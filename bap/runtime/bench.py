@@ -3,9 +3,12 @@
 For every batch size all models are warmed up, then measured in short alternating chunks (the order rotates
 every round) until each has run ``duration_s`` seconds and at least ``iterations`` times, so clock and thermal
 drift hit every model alike. Peak memory comes from a fresh process per model and batch. Ratios are taken to
-the backbone's medians. A case that fails records an ``error`` and the sweep goes on; the multi-domain model
-(the subject) must open. Files are found by the backends (:func:`bap.runtime.backends.open_backend`) and checked
-against the manifest's sha256; ONNX Runtime sessions get the manifest's ``runtime.onnxruntime`` settings.
+the backbone's medians. Every file the bench opens (each model's, also of compared exports) is checked against
+its manifest's size and sha256 before anything is timed: a missing or modified file is an :class:`IntegrityError`.
+A model that passes that check but fails while it is opened or run records an ``error`` and the sweep goes on; the
+multi-domain model (the subject) must open. Files are found by the backends
+(:func:`bap.runtime.backends.open_backend`); ONNX Runtime sessions get the manifest's ``runtime.onnxruntime``
+settings.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ __all__ = [
     "BENCH_FORMAT",
     "BenchConfig",
     "bench",
+    "export_dir",
+    "failures",
     "latency_stats",
     "percentile",
     "ratios",
@@ -168,6 +173,22 @@ class _Case:
         return min(sum(self.ms) / (cfg.duration_s * 1000), len(self.ms) / cfg.iterations)
 
 
+def export_dir(path: str | Path, command: str = "bap bench", why: str = "it compares against backbone.onnx") -> Path:
+    """The export directory ``path`` names: itself, or the directory of its ``*.onnx`` / ``manifest.json``.
+
+    Raises:
+        ConfigError: ``path`` is another file, or an ONNX file outside an export directory.
+    """
+    p = Path(path)
+    if not p.is_file():
+        return p  # a directory, or nothing: read_manifest names what is missing
+    if p.name == "manifest.json" or (p.suffix == ".onnx" and (p.parent / "manifest.json").is_file()):
+        return p.parent
+    raise ConfigError(
+        f"{p} is a file: {command} needs an export directory ({why})", "pass the directory bap export wrote"
+    )
+
+
 def _multi_macs(manifest: Manifest, domains: list[str]) -> float:
     """MACs per sample of a multi-domain model over an even mix of ``domains`` (routed: each runs its branch)."""
     return manifest.executed_macs(domains)
@@ -180,30 +201,40 @@ def _spec(cfg: BenchConfig, label: str, root: Path, m: Manifest, role: str, macs
     return _Spec(label, role, root, m, file, macs, role == "multi-domain")
 
 
-def _models(cfg: BenchConfig, manifest: Manifest, root: Path, domains: list[str]) -> list[_Spec]:
-    """The models to compare: multi-domain, backbone, the export's specialised ones, compared exports."""
+def _compared(cfg: BenchConfig, manifest: Manifest, root: Path, domains: list[str], labels: set[str]) -> list[_Spec]:
+    """The multi-domain models of the ``--compare`` exports (same domains as ``manifest``)."""
     from bap.exporter.manifest import read_manifest
 
-    out = [
-        _spec(cfg, "multi-domain", root, manifest, "multi-domain", _multi_macs(manifest, domains)),
-        _spec(cfg, "backbone", root, manifest, "backbone", manifest.macs.backbone),
-    ]
-    if len({Path(o).resolve() for o in cfg.compare}) < len(cfg.compare):
+    dirs = [export_dir(o, "bap bench --compare", "it times that export's multi-domain model") for o in cfg.compare]
+    if len({d.resolve() for d in dirs}) < len(dirs):
         raise ConfigError("--compare lists an export twice", "list distinct export directories")
-    for other in cfg.compare:
+    out = []
+    for other in dirs:
         m = read_manifest(other)
         if m.domain_names != manifest.domain_names:
             raise ConfigError(
                 f"--compare {other} serves other domains than {root}", "compare exports of the same run and domains"
             )
-        label = f"compare:{m.graph or Path(other).resolve().name}"  # short: the bench table fits 80 columns
-        if label in {o.label for o in out}:  # two compared exports with one graph: name them by directory
-            label = f"compare:{Path(other).resolve().parent.name}/{Path(other).resolve().name}"
-        out.append(_spec(cfg, label, Path(other), m, "multi-domain", _multi_macs(m, domains)))
+        label = f"compare:{m.graph or other.resolve().name}"  # short: the bench table fits 80 columns
+        if label in labels:  # two compared exports with one graph: name them by directory
+            label = f"compare:{other.resolve().parent.name}/{other.resolve().name}"
+        labels.add(label)
+        out.append(_spec(cfg, label, other, m, "multi-domain", _multi_macs(m, domains)))
+    return out
+
+
+def _models(cfg: BenchConfig, manifest: Manifest, root: Path, domains: list[str]) -> list[_Spec]:
+    """The models to compare: multi-domain, backbone, the export's specialised ones, compared exports."""
+    out = [
+        _spec(cfg, "multi-domain", root, manifest, "multi-domain", _multi_macs(manifest, domains)),
+        _spec(cfg, "backbone", root, manifest, "backbone", manifest.macs.backbone),
+    ]
+    out += _compared(cfg, manifest, root, domains, {o.label for o in out})
     if cfg.specialised:
         for name, info in sorted(manifest.specialised.items()):
             spec = _spec(cfg, f"specialised:{name}", root, manifest, f"specialised:{name}", info.macs)
-            if (root / info.file).is_file():  # specialised models are optional: only those exported
+            # a file the manifest lists must be there (_verify says so); an unlisted one is optional
+            if info.file in manifest.files or (root / info.file).is_file():
                 out.append(spec)
     return out
 
@@ -270,10 +301,28 @@ def _onnx_params(path: Path) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ running
+def _verify(cfg: BenchConfig, specs: list[_Spec]) -> None:
+    """Check every file the bench opens against its manifest before anything is timed.
+
+    Raises:
+        IntegrityError: a file is missing, truncated or modified (named in the message).
+        IncompatibleArtifactError: a TensorRT engine was never built.
+    """
+    from bap.runtime.backends import BACKENDS
+
+    cls = BACKENDS.get(cfg.backend)
+    for s in specs:
+        if not s.file.is_file() and s.file.suffix != ".onnx":  # an engine that was never built
+            raise IncompatibleArtifactError(f"{s.file} is missing from the export", cls.missing_fix(s.root))
+        # the ONNX file is read for its parameter count, also when a TensorRT engine runs
+        s.manifest.verify_files(s.root, dict.fromkeys([s.file.relative_to(s.root).as_posix(), _onnx_name(s)]))
+
+
 def _open(cfg: BenchConfig, spec: _Spec) -> Any:
     from bap.runtime.backends import open_backend
 
-    return open_backend(cfg.backend, spec.root, spec.manifest, spec.role, cfg.device, cfg.threads)
+    # verify=False: _verify checked every file before timing started
+    return open_backend(cfg.backend, spec.root, spec.manifest, spec.role, cfg.device, cfg.threads, verify=False)
 
 
 def _open_all(cfg: BenchConfig, specs: list[_Spec]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -349,12 +398,14 @@ def _start_sampler(cfg: BenchConfig, facts: dict[str, Any]) -> Any:
 def bench(cfg: BenchConfig, callback: Any = None) -> dict[str, Any]:
     """Benchmark an export as configured and return the ``bap.bench/1`` document.
 
-    Every file is checked against the manifest's sha256 before it is opened. A backbone, specialised or compared
-    model that cannot run is reported as rows with an ``error``; the multi-domain model must open.
+    Every file (of every model, also of compared exports) is checked against its manifest's size and sha256 before
+    anything is timed. A backbone, specialised or compared model that passes that check but cannot run is reported
+    as rows with an ``error`` (see :func:`failures`); the multi-domain model must open.
 
     Raises:
         UnsupportedDeviceError: ``--device cuda`` / ``jetson`` on a machine without one (no silent fallback).
-        IntegrityError: a file of the multi-domain model is missing, truncated or modified.
+        ConfigError: ``export`` (or a ``compare`` entry) is a file other than an export's ONNX model.
+        IntegrityError: a file of any model is missing, truncated or modified.
         IncompatibleArtifactError: missing or invalid export, or a multi-domain model that cannot be opened.
     """
     from bap.exporter.manifest import read_manifest
@@ -366,12 +417,13 @@ def bench(cfg: BenchConfig, callback: Any = None) -> dict[str, Any]:
         raise ConfigError(
             f"--backend {cfg.backend} is not available on --device {cfg.device}", f"use one of {device.backends}"
         )
-    root = Path(cfg.export)
+    root = export_dir(cfg.export)
     manifest = read_manifest(root)
     served = manifest.domain_names
     dom_ids = _served_ids(cfg, served)
     size = cfg.input_size or manifest.input.size
     specs = _models(cfg, manifest, root, [served[i] for i in dom_ids])
+    _verify(cfg, specs)
     facts = _facts(cfg, device, manifest)
     runners, errors = _open_all(cfg, specs)
     facts["providers"] = runners["multi-domain"].providers
@@ -405,9 +457,14 @@ def bench(cfg: BenchConfig, callback: Any = None) -> dict[str, Any]:
     }
 
 
+def failures(doc: dict[str, Any], role: str | None = None) -> list[dict[str, Any]]:
+    """The result rows of a bench document that failed (of ``role`` only, if given)."""
+    return [r for r in doc["results"] if "error" in r and role in (None, r["role"])]
+
+
 def subject_errors(doc: dict[str, Any]) -> list[str]:
     """``batch N: error`` for every multi-domain row of a bench document that failed."""
-    return [f"batch {r['batch']}: {r['error']}" for r in doc["results"] if r["role"] == "multi-domain" and "error" in r]
+    return [f"batch {r['batch']}: {r['error']}" for r in failures(doc, "multi-domain")]
 
 
 def _fail_case(c: _Case, e: Exception) -> None:

@@ -3,6 +3,7 @@ import shutil
 
 import pytest
 
+from bap.core.io import file_sha256
 from bap.errors import ConfigError, UnsupportedDeviceError
 from bap.exporter.manifest import read_manifest
 from bap.runtime.bench import BenchConfig, bench, latency_stats, percentile, validate_bench
@@ -23,7 +24,12 @@ def bench_doc(tiny_export, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     export_dir = out / "export"
     shutil.copytree(tiny_export[0], export_dir)
-    (export_dir / "specialised-faces.onnx").write_bytes(b"not an onnx file")  # this case must fail alone
+    # this case must fail alone: a file that passes the integrity check (its manifest entry matches) but cannot run
+    bad = export_dir / "specialised-faces.onnx"
+    bad.write_bytes(b"not an onnx file")
+    doc = json.loads((export_dir / "manifest.json").read_text())
+    doc["files"][bad.name].update(bytes=bad.stat().st_size, sha256=file_sha256(bad))
+    (export_dir / "manifest.json").write_text(json.dumps(doc))
     cfg = BenchConfig(
         export=str(export_dir), batch_sizes=(1, 4), warmup_s=0.05, duration_s=0.2, iterations=5, threads=1
     )

@@ -74,18 +74,21 @@ def test_cli_commands_exit_2_with_one_line_naming_the_damaged_file(tiny_export, 
     assert "model.onnx" in err and how in err, err
 
 
-def test_bench_records_a_damaged_backbone_as_a_row(tiny_export, tmp_path, run_cli):
+@pytest.mark.parametrize("how", ["truncated", "modified", "missing"])
+def test_bench_refuses_a_damaged_backbone_before_timing(tiny_export, tmp_path, run_cli, how):
     bad = _copy(tiny_export, tmp_path)
-    _damage(bad / "backbone.onnx", "truncated")
+    if how == "missing":
+        (bad / "backbone.onnx").unlink()
+    else:
+        _damage(bad / "backbone.onnx", how)
     out = tmp_path / "bench.json"
-    code, _, err, _ = run_cli(
+    code, stdout, err, error = run_cli(
         ["bench", bad, "--batch-sizes", "1", "--duration-s", "0.05", "--warmup-s", "0", "--no-memory",
          "--iterations", "2", "--json", out],
     )  # fmt: skip
-    assert code == 0, err
-    rows = {r["role"]: r for r in json.loads(out.read_text())["results"]}
-    assert "backbone.onnx is truncated" in rows["backbone"]["error"]
-    assert "error" not in rows["multi-domain"]
+    assert code == 2 and isinstance(error, IntegrityError), err
+    assert len(err.strip().splitlines()) == 1 and "backbone.onnx" in err and how in err, err
+    assert not out.exists() and not stdout.strip()  # nothing timed, nothing written
 
 
 def test_bench_fails_when_the_subject_cannot_run(tiny_export, tmp_path, monkeypatch):
