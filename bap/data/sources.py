@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bap.data.types import DomainSet
-from bap.errors import DataError
+from bap.errors import ConfigError, DataError
 
 __all__ = ["load_domains", "load_domains_from_origin"]
 
@@ -42,10 +42,19 @@ def load_domains(
 
 
 def load_domains_from_origin(origin: dict[str, Any], data_root: str | Path | None = None) -> DomainSet:
-    """Reload exactly the domains recorded in a run report or export manifest (``origin`` dict)."""
+    """Reload exactly the domains recorded in a run report or export manifest (``origin`` dict).
+
+    Raises:
+        ConfigError: ``data_root`` given for a run trained on the embedded suite (it would be ignored).
+        DataError: the recorded data root (or ``data_root``) is not a directory.
+    """
     kind = origin.get("kind")
     names = origin.get("domains")
     if kind == "embedded":
+        if data_root is not None:
+            raise ConfigError(
+                "this run was trained on the embedded suite; --data-root does not apply", "drop --data-root"
+            )
         return load_domains(None, domains=names, seed=int(origin.get("seed", 0)))
     root = data_root or origin.get("root")
     if root is None or not Path(root).is_dir():

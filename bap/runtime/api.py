@@ -128,6 +128,15 @@ def _image_to_chw(image: ImageLike) -> np.ndarray:
     raise InputError(f"cannot read an image from {type(image).__name__}", "pass a file path, PIL image or array")
 
 
+def _is_single_image(images: Any) -> bool:
+    """True for one image (path, ``[H,W]`` / ``[H,W,C]`` / ``[C,H,W]`` array, PIL image), not a sequence of them."""
+    if isinstance(images, (str, os.PathLike)):
+        return True
+    if isinstance(images, np.ndarray):
+        return images.ndim <= 3
+    return hasattr(images, "convert") and hasattr(images, "size")  # PIL image
+
+
 class Model:
     """An exported bap model ready to run.
 
@@ -251,7 +260,7 @@ class Model:
         self, images: Sequence[ImageLike] | ImageLike, domains: str | int | Sequence[str | int], top_k: int = 5
     ) -> list[Prediction]:
         """Top-k (class name, probability) per image; ``domains`` is one domain or one per image."""
-        if isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim <= 3):
+        if _is_single_image(images):
             images = [images]
         images = list(images)
         if not images:
@@ -290,11 +299,50 @@ def _embedded_manifest(path: Path) -> Manifest:
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         meta = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).get_modelmeta()
+        metadata = meta.custom_metadata_map  # decodes the metadata: a damaged file fails here (UnicodeDecodeError)
     except Exception as e:  # ORT raises its own exception types for invalid models
+        why = (str(e).splitlines() or [type(e).__name__])[0][:200]
         raise IncompatibleArtifactError(
-            f"{path} is not a valid ONNX model ({str(e).splitlines()[0][:200]})", "re-export the model"
+            f"{path} is not a valid bap ONNX model ({why})", "re-export the model (bap export)"
         ) from None
-    return manifest_from_onnx(meta.custom_metadata_map)
+    return manifest_from_onnx(metadata)
+
+
+def _sibling_manifest(path: Path) -> Manifest | None:
+    """The ``manifest.json`` beside a lone ``.onnx`` file if it is a bap manifest listing that file, else ``None``.
+
+    A JSON file of another kind (not ``bap.export/*``) is ignored; a bap manifest that cannot be read is an error.
+    """
+    import json
+
+    from bap.exporter.manifest import read_manifest
+
+    mpath = path.parent / "manifest.json"
+    if not mpath.is_file():
+        return None
+    try:
+        doc = json.loads(mpath.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        doc = None  # read_manifest below names the problem
+    if isinstance(doc, dict) and not str(doc.get("format", "")).startswith("bap.export/"):
+        return None
+    manifest = read_manifest(mpath)
+    return manifest if path.name in manifest.files else None
+
+
+def _lone_file_manifest(path: Path) -> Manifest:
+    """The manifest of a lone ``.onnx`` file: its export's ``manifest.json`` when that lists it, else the embedded one.
+
+    Raises:
+        IntegrityError: the file differs from the size / sha256 its ``manifest.json`` records.
+    """
+    sibling = _sibling_manifest(path)
+    if sibling is not None and sibling.model == path.name:
+        return sibling  # open_backend checks the file against it before anything opens it
+    if sibling is not None:
+        sibling.verify_files(path.parent, [path.name])
+    # the file's own name is the model (the manifest records the name at export time)
+    return dataclasses.replace(_embedded_manifest(path), model=path.name)
 
 
 def load(path: str | os.PathLike, backend: str = "ort", device: str = "cpu", threads: int | None = None) -> Model:
@@ -303,30 +351,37 @@ def load(path: str | os.PathLike, backend: str = "ort", device: str = "cpu", thr
     The file the backend runs is checked against the manifest's size and sha256 first; the manifest's
     ONNX Runtime settings (``runtime.onnxruntime``) are applied to the session.
 
+    A lone ``.onnx`` file is verified only when its export's ``manifest.json`` sits beside it and lists it (that
+    manifest is then used); otherwise its embedded manifest is used, which cannot carry the file's own checksum,
+    so a modified lone file is not detected.
+
     Args:
         path: export directory, or a ``.onnx`` file written by ``bap export`` (its manifest is embedded).
         backend: ``ort`` (ONNX Runtime) or ``trt`` (the TensorRT engine with the ONNX file's stem, ``model.plan``).
-        device: ``cpu``, ``cuda`` or ``jetson`` (ONNX Runtime execution providers follow it).
+        device: ``cpu``, ``cuda`` or ``jetson`` (ONNX Runtime execution providers follow it); a device that is
+            unknown, absent here or not run by ``backend`` is refused, never replaced by the CPU.
         threads: intra-op threads of ONNX Runtime (default: its own choice).
 
     Raises:
+        ConfigError: bad ``threads``, an unknown backend or device, or a backend the device does not run.
+        UnsupportedDeviceError: the device is not on this machine (no NVIDIA GPU, not a Jetson).
         IntegrityError: a file of the export is missing, truncated or modified.
         IncompatibleArtifactError: corrupt or foreign export / manifest / ONNX file.
     """
     from bap.exporter.manifest import read_manifest
-    from bap.runtime.backends import BACKENDS, open_backend
+    from bap.runtime.backends import BACKENDS, check_device, open_backend
 
     path = Path(path)
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"threads must be a positive integer, got {threads!r}", "e.g. --threads 2")
+    BACKENDS.get(backend)  # unknown names and an absent device fail before any file is read
+    check_device(backend, device)
     if not path.exists():
         raise IncompatibleArtifactError(f"{path} does not exist", "pass an export directory or model.onnx")
-    BACKENDS.get(backend)  # an unknown name fails before any file is read
     if path.is_dir():
         manifest, root = read_manifest(path), path
     elif path.suffix == ".onnx":
-        # a lone file: its own name is the model (the manifest records the name at export time)
-        manifest, root = dataclasses.replace(_embedded_manifest(path), model=path.name), path.parent
+        manifest, root = _lone_file_manifest(path), path.parent
     else:
         raise IncompatibleArtifactError(
             f"{path} is not an .onnx file or export directory", "pass an export directory or model.onnx"

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from bap.core.registry import Registry
-from bap.errors import ConfigError, IncompatibleArtifactError, MissingDependencyError, UnsupportedDeviceError
+from bap.errors import (
+    ConfigError,
+    IncompatibleArtifactError,
+    IntegrityError,
+    MissingDependencyError,
+    UnsupportedDeviceError,
+)
 
 if TYPE_CHECKING:
     from bap.exporter.manifest import Manifest, OrtSettings
@@ -25,6 +31,7 @@ __all__ = [
     "Backend",
     "OrtBackend",
     "TrtBackend",
+    "check_device",
     "onnx_file_for",
     "open_backend",
     "ort_providers_for",
@@ -74,6 +81,28 @@ def onnx_file_for(manifest: Manifest, role: str) -> str:
     )
 
 
+def check_device(backend: str, device: str, present: bool = True) -> None:
+    """Refuse a device the registry does not know, one ``backend`` cannot run on, or (``present``) one not here.
+
+    The same checks as ``bap bench``: no silent CPU fallback for an unknown or absent device.
+
+    Raises:
+        ConfigError: an unknown device name, or a backend the device does not run (``--backend trt --device cpu``).
+        UnsupportedDeviceError: ``present`` and the device is not on this machine (no GPU, not a Jetson).
+    """
+    from bap.runtime.devices import DEVICES
+
+    dev = DEVICES.get(device)
+    if backend not in dev.backends:
+        need = " or ".join(n for n, d in DEVICES.items() if backend in d.backends)
+        raise ConfigError(
+            f"--backend {backend} needs --device {need}, got --device {device}",
+            f"pass --device {need.split(' or ')[0]} or use --backend {dev.backends[0]}",
+        )
+    if present:
+        dev.check()
+
+
 def open_backend(
     name: str,
     export_dir: str | Path,
@@ -90,21 +119,25 @@ def open_backend(
         export_dir: the export directory.
         manifest: its manifest (file names, checksums, ONNX Runtime settings).
         role: ``multi-domain``, ``backbone`` or ``specialised:<domain>``.
-        device: ``cpu``, ``cuda`` or ``jetson``.
+        device: ``cpu``, ``cuda`` or ``jetson`` (see :data:`bap.runtime.devices.DEVICES`).
         threads: ONNX Runtime intra-op threads (default: its own choice).
         verify: check the file's size and sha256 against ``manifest.files`` first.
 
     Raises:
+        ConfigError: an unknown backend, role or device, or a backend the device does not run.
         IntegrityError: the file is missing, truncated or modified.
+        UnsupportedDeviceError: the device is not on this machine (checked after the file).
         IncompatibleArtifactError: the backend cannot load it.
     """
     cls = BACKENDS.get(name)
+    check_device(name, device, present=False)  # names first; the hardware after the file (a missing file says so)
     root = Path(export_dir)
     file = cls.file_for(manifest, role)
     if not (root / file).is_file():
-        raise IncompatibleArtifactError(f"{root / file} is missing from the export", cls.missing_fix(root))
+        raise IntegrityError(f"{root / file} is missing from the export", cls.missing_fix(root))
     if verify:
         manifest.verify_files(root, [file])
+    check_device(name, device)
     return cls(root / file, device, threads, settings=manifest.runtime.onnxruntime)
 
 
@@ -132,13 +165,27 @@ _PROVIDERS = {
 
 
 def ort_providers_for(device: str) -> list[str]:
-    """Execution providers to request for ``device``."""
-    return list(_PROVIDERS.get(device, _PROVIDERS["cpu"]))
+    """Execution providers to request for ``device``.
+
+    Raises:
+        ConfigError: an unknown device (no silent CPU fallback).
+    """
+    if device not in _PROVIDERS:
+        from bap.runtime.devices import DEVICES
+
+        DEVICES.get(device)  # raises for a name the registry does not know, listing the valid ones
+        raise ConfigError(f"ONNX Runtime has no execution providers for --device {device}", "use --device cpu or cuda")
+    return list(_PROVIDERS[device])
 
 
 @BACKENDS.register("ort")
 class OrtBackend:
-    """ONNX Runtime. Records ``session.get_providers()``: a missing GPU provider falls back to CPU silently."""
+    """ONNX Runtime. Records ``session.get_providers()`` (what actually runs).
+
+    With ``strict`` (the default), a GPU device whose first execution provider this ONNX Runtime lacks is refused
+    (:class:`~bap.errors.UnsupportedDeviceError`), never silently run on the CPU; missing providers later in the
+    preference list are skipped.
+    """
 
     name = "ort"
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from bap.data.imaging import IMAGE_EXTENSIONS
-from bap.errors import DataError, MissingDependencyError
+from bap.errors import ConfigError, DataError, MissingDependencyError
 from bap.runtime.api import Model
 
 __all__ = ["evaluate_export"]
@@ -52,9 +52,14 @@ def evaluate_export(
         ``{"accuracy": {domain: float}, "mean_accuracy", "s_score", "samples": {domain: int}, "providers"}``.
 
     Raises:
+        ConfigError: ``data_root`` given for an export trained on the embedded suite (it would be ignored).
         MissingDependencyError: torch (the training extra) is not installed.
     """
     origin = model.manifest.source_run.data_origin or {"kind": "embedded", "seed": 0}
+    if origin.get("kind") == "embedded" and data_root is not None:  # before torch: the same refusal without it
+        raise ConfigError(
+            "this export was trained on the embedded suite; --data-root does not apply", "drop --data-root"
+        )
     if origin.get("kind") == "imagefolder" and not _has_torch():
         return _evaluate_imagefolder(model, data_root or origin.get("root"), split, batch_size, callback)
     torch = _require_torch()
