@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from bap.cli._console import RichCallback, console, setup_logging
+from bap.cli._console import RichCallback, console, err_console, setup_logging
 from bap.cli._options import (
     DataRootOpt,
     DomainsOpt,
@@ -83,7 +83,34 @@ def print_results(report: dict[str, Any], out: Console) -> None:
     print_grid(wide if grid_fits(wide, out) else results_grid_narrow(report), out)
 
 
+def _explicit_fields(ctx: typer.Context) -> tuple[str, ...]:
+    """Names of the train flags given on the command line (or by environment): a preset does not override them."""
+    import dataclasses
+
+    from typer._click.core import ParameterSource
+
+    from bap.trainer import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return tuple(sorted(n for n in ctx.params if n in fields and ctx.get_parameter_source(n) in given))
+
+
+def _preset_line(cfg: Any) -> str | None:
+    """One status line saying what ``--preset`` set (and which preset fields the command line kept)."""
+    if not cfg.preset or cfg.resume:
+        return None
+    changes, kept = cfg.preset_changes()
+
+    def fmt(d: dict[str, Any]) -> str:
+        return ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in d.items())
+
+    line = f"preset {cfg.preset} set {fmt(changes) or 'nothing'}"
+    return line + (f"; kept from the command line: {fmt(kept)}" if kept else "")
+
+
 def train(
+    ctx: typer.Context,
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Run directory to create (or continue with --resume).")
     ] = Path("runs/default"),
@@ -143,7 +170,12 @@ def train(
         typer.Option(help="Step of the budget multiplier (default: 0.1 for β >= 0.5, else 0.5).", show_default=False),
     ] = None,
     preset: Annotated[
-        str | None, typer.Option(help="Paper settings: paper-decathlon or paper-i2s.", show_default=False)
+        str | None,
+        typer.Option(
+            help="Paper settings: paper-decathlon (batch 32, 60 epochs) or paper-i2s (batch 12, 45 epochs, "
+            "lambda-PS 0.125); flags given explicitly win over the preset.",
+            show_default=False,
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of initialisation and batch order.")] = 0,
     pretrain_epochs: Annotated[
@@ -219,7 +251,11 @@ def train(
         amp=amp,
         resume=resume,
         quiet=quiet,
+        explicit=_explicit_fields(ctx),
     )
+    line = _preset_line(cfg)
+    if line and not quiet:
+        err_console.print(line, markup=False, soft_wrap=True)
     report = run_train(cfg, RichCallback(enabled=not quiet))
     if rank0:  # --quiet silences progress, not results
         print_results(report, console)

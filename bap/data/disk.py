@@ -2,7 +2,7 @@
 
 Preprocessing follows the papers (see ``docs/design.md`` section 6): Decathlon images are resized to 72 and
 randomly cropped to 64 with flips for training (center 64 for test); gtsrb, omniglot and svhn use the
-center 72 crop and no flip.
+center 72 crop and no flip, and dtd is not flipped either (the ICIAP 2023 paper does not flip it).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 # Rebuffi et al. (residual_adapters, imdbfolder_coco.py): these three keep the 72 px center crop, no flip
 DECATHLON_FULL_CROP = ("gtsrb", "omniglot", "svhn")
+DECATHLON_NO_FLIP = (*DECATHLON_FULL_CROP, "dtd")  # the paper does not flip DTD either
 DECATHLON_DATASETS = (
     "imagenet12", "aircraft", "cifar100", "daimlerpedcls", "dtd",
     "gtsrb", "vgg-flowers", "omniglot", "svhn", "ucf101",
@@ -157,7 +158,7 @@ def load_decathlon(root: str | Path, domains: Sequence[str] | None = None) -> Do
             log.warning("%s: test annotations absent, using the validation split as test", name)
             parts["test"] = parts["val"]
         full = name in DECATHLON_FULL_CROP
-        pre = Preprocess(load_size=72, crop=72 if full else 64, pad=0, flip=not full)
+        pre = Preprocess(load_size=72, crop=72 if full else 64, pad=0, flip=name not in DECATHLON_NO_FLIP)
         splits = {}
         for s in SPLITS:
             paths, labels, _ = parts[s]

@@ -19,7 +19,8 @@ DG_HEADS = ("auto", "shared", "per-domain")
 BUDGET_UNITS = ("switches", "macs")
 DEVICES = ("auto", "cpu", "cuda")
 
-# paper settings (docs/design.md section 1); epochs are real epochs there, so steps_per_epoch = 0 means "one pass"
+# paper settings (docs/design.md section 1; batch sizes and lambda_PS from the ICIAP 2023 paper); epochs are real
+# epochs there, so steps_per_epoch = 0 means "one pass". A preset never overrides a field given explicitly.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper-decathlon": {
         "lr_head": 1e-3,
@@ -27,7 +28,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "epochs": 60,
         "lr_milestones": (45,),
         "steps_per_epoch": 0,
-        "batch_size": 128,
+        "batch_size": 32,
     },
     "paper-i2s": {
         "lr_head": 5e-4,
@@ -35,7 +36,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "epochs": 45,
         "lr_milestones": (15, 30),
         "steps_per_epoch": 0,
-        "batch_size": 32,
+        "batch_size": 12,
+        "lambda_ps": 0.125,
     },
 }
 
@@ -158,6 +160,10 @@ class TrainConfig:
         dg_head: ``dgprune``: ``auto`` (one shared head iff the label spaces agree), ``shared`` or ``per-domain``.
         dg_importance_batches: ``dgprune``: batches per domain used to score the channels at each pruning step.
         resume: continue the interrupted run in ``out``.
+        preset: ``paper-decathlon`` or ``paper-i2s``: the paper's learning rates, epochs, batch size (and lambda_PS
+            for ImageNet-to-Sketch) for every field not given explicitly (see :meth:`with_preset`).
+        explicit: names of fields given explicitly (the CLI fills it from the command line); a preset does not
+            override them, nor any field that differs from its default.
 
     ``dgprune`` budgets are always fractions of the backbone's MACs (``budget_unit`` is set to ``macs``).
     """
@@ -196,6 +202,7 @@ class TrainConfig:
     dg_importance_batches: int = 4
     resume: bool = False
     quiet: bool = False
+    explicit: tuple[str, ...] = ()
 
     version: int = 1
 
@@ -251,11 +258,26 @@ class TrainConfig:
             return self.lambda_lr
         return 0.1 if beta >= 0.5 else 0.5
 
-    def with_preset(self) -> TrainConfig:
-        """This config with the preset's values applied (explicit fields are overridden by the preset)."""
+    def explicit_fields(self) -> set[str]:
+        """Fields a preset must not override: those named in ``explicit`` and those that differ from the default."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        return set(self.explicit) | {k for k, v in defaults.items() if getattr(self, k) != v}
+
+    def preset_changes(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(set, kept)``: the preset values this config takes, and the preset fields it keeps because they were given."""
         if not self.preset:
-            return self
-        return dataclasses.replace(self, **PRESETS[self.preset])
+            return {}, {}
+        keep = self.explicit_fields()
+        values = PRESETS[self.preset]
+        return {k: v for k, v in values.items() if k not in keep}, {k: getattr(self, k) for k in values if k in keep}
+
+    def with_preset(self) -> TrainConfig:
+        """This config with the preset's values applied to the fields that were not given explicitly.
+
+        Idempotent: a field the preset set now differs from its default, so a second application keeps it.
+        """
+        changes, _ = self.preset_changes()
+        return dataclasses.replace(self, **changes) if changes else self
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (tuples become lists)."""
@@ -275,7 +297,7 @@ class TrainConfig:
         if int(d.get("version", 1)) > 1:
             raise ConfigError(f"train config version {d['version']} is newer than this bap", "upgrade bap")
         kw = dict(d)
-        for k in ("budgets", "domains", "lr_milestones"):
+        for k in ("budgets", "domains", "lr_milestones", "explicit"):
             if k in kw and kw[k] is not None:
                 kw[k] = tuple(kw[k])
         return cls(**kw)

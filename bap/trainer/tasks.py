@@ -82,6 +82,22 @@ def _with_scores(ctx: TaskContext, res: dict[str, Any]) -> dict[str, Any]:
     return res
 
 
+def _bn_buffers(model: nn.Module) -> list[torch.Tensor]:
+    """Copies of every BN running statistic (mean, var, batch count) of ``model``, in module order."""
+    return [b.detach().clone() for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for b in m.buffers(recurse=False)]  # fmt: skip
+
+
+@torch.no_grad()
+def _restore_bn_buffers(model: nn.Module, saved: list[torch.Tensor]) -> None:
+    """Put back what :func:`_bn_buffers` copied."""
+    bufs = [
+        b for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for b in m.buffers(recurse=False)
+    ]
+    for b, v in zip(bufs, saved, strict=True):
+        b.copy_(v)
+
+
 class _Task:
     """Defaults shared by the tasks: no per-step bookkeeping, nothing extra to log, plain validation accuracy.
 
@@ -197,7 +213,12 @@ class SwitchTask(_Task):
         }
 
     def quick_validate(self) -> dict[str, float]:
-        """Validation accuracy after a short BN re-estimation (256 images per domain)."""
+        """Validation accuracy after a short BN re-estimation (256 images per domain) on a copy of the statistics.
+
+        The training running statistics are restored afterwards, so ``accuracy_before_bn_reestimation`` in the
+        result really is measured with the statistics training left (no re-estimation before it).
+        """
+        saved = _bn_buffers(self.model)
         recalibrate_bn_(
             self.model,
             list(self.ctx.domains),
@@ -205,7 +226,9 @@ class SwitchTask(_Task):
             seed=derive_seed("quick", self.ctx.cfg.seed),
             device=self.ctx.device,
         )
-        return _accuracy_block(self.ctx, self.model, "val")
+        acc = _accuracy_block(self.ctx, self.model, "val")
+        _restore_bn_buffers(self.model, saved)
+        return acc
 
     def state_dict(self) -> dict[str, Any]:
         """Resumable state."""
