@@ -177,6 +177,14 @@ def train(
             show_default=False,
         ),
     ] = None,
+    reference_errors: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSON file {domain: error} (fractions) defining the S-score; default: the embedded suite's own, "
+            "or the Visual Decathlon's fine-tuned baseline (Rebuffi et al. 2017) for --layout decathlon.",
+            show_default=False,
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of initialisation and batch order.")] = 0,
     pretrain_epochs: Annotated[
         int, typer.Option(help="Epochs of backbone pretraining on the source domain (when no --weights; cached).")
@@ -242,6 +250,7 @@ def train(
         ps_scale=ps_scale,
         lambda_lr=lambda_lr,
         preset=preset,
+        reference_errors=str(reference_errors) if reference_errors else None,
         dg_variance_weight=dg_variance_weight,
         dg_head=dg_head,
         round_to=round_to,

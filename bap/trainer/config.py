@@ -159,6 +159,8 @@ class TrainConfig:
         dg_variance_weight: ``dgprune``: weight of the across-domain variance of the importance (0: plain Taylor).
         dg_head: ``dgprune``: ``auto`` (one shared head iff the label spaces agree), ``shared`` or ``per-domain``.
         dg_importance_batches: ``dgprune``: batches per domain used to score the channels at each pruning step.
+        reference_errors: JSON file ``{domain: error}`` defining S (default: the embedded suite's own reference,
+            or the Visual Decathlon's fine-tuned baseline for ``--layout decathlon``).
         resume: continue the interrupted run in ``out``.
         preset: ``paper-decathlon`` or ``paper-i2s``: the paper's learning rates, epochs, batch size (and lambda_PS
             for ImageNet-to-Sketch) for every field not given explicitly (see :meth:`with_preset`).
@@ -200,6 +202,7 @@ class TrainConfig:
     dg_variance_weight: float = 4.0
     dg_head: str = "auto"
     dg_importance_batches: int = 4
+    reference_errors: str | None = None
     resume: bool = False
     quiet: bool = False
     explicit: tuple[str, ...] = ()

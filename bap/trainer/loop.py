@@ -70,12 +70,11 @@ def _sigint_flag() -> Iterator[threading.Event]:
         signal.signal(signal.SIGINT, old)
 
 
-def _load_reference_errors(domains: DomainSet) -> dict[str, float] | None:
-    if domains.origin.get("kind") != "embedded":
-        return None
-    from bap.data.reference import reference_errors
+def _load_reference_errors(domains: DomainSet, cfg: TrainConfig) -> dict[str, float] | None:
+    """S-score reference: ``--reference-errors FILE``, else the embedded suite's or the Visual Decathlon's."""
+    from bap.data.reference import reference_errors_for
 
-    return reference_errors()
+    return reference_errors_for(domains.origin.get("kind"), domains.names, cfg.reference_errors)
 
 
 def _check_domains(domains: DomainSet) -> None:
@@ -142,6 +141,7 @@ def train(cfg: TrainConfig, callback: Any = None) -> dict[str, Any]:
     BACKBONES.get(cfg.backbone)  # unknown names fail before anything is written
     domains = load_domains(cfg.data_root, cfg.layout, cfg.domains or None, seed=0)
     _check_domains(domains)
+    reference = _load_reference_errors(domains, cfg)  # a bad --reference-errors file fails before anything is written
     if cfg.pretrain_source is not None:
         if cfg.pretrain_source != "union":
             domains.get(cfg.pretrain_source)  # unknown names fail here, before anything is written
@@ -154,7 +154,7 @@ def train(cfg: TrainConfig, callback: Any = None) -> dict[str, Any]:
     if lock:
         lock.acquire()
     try:
-        return _train_locked(cfg, run, doc, domains, device, dist, cb, create_backbone)
+        return _train_locked(cfg, run, doc, domains, reference, device, dist, cb, create_backbone)
     finally:
         if lock:
             lock.release()
@@ -163,7 +163,7 @@ def train(cfg: TrainConfig, callback: Any = None) -> dict[str, Any]:
         dist.close()
 
 
-def _train_locked(cfg, run: RunDir, doc, domains: DomainSet, device, dist: DistContext, cb, create_backbone):
+def _train_locked(cfg, run: RunDir, doc, domains: DomainSet, reference, device, dist: DistContext, cb, create_backbone):
     from bap.core.graph import analyze
 
     t_start = time.time()
@@ -195,7 +195,7 @@ def _train_locked(cfg, run: RunDir, doc, domains: DomainSet, device, dist: DistC
         graph = analyze(backbone, int(doc["backbone"]["input_size"]))
     backbone = backbone.to(device)
 
-    ctx = TaskContext(cfg, domains, backbone, graph, device, dist, _load_reference_errors(domains))
+    ctx = TaskContext(cfg, domains, backbone, graph, device, dist, reference)
     results = []
     with _sigint_flag() as stop:
         for beta in cfg.effective_budgets:
@@ -208,6 +208,7 @@ def _train_locked(cfg, run: RunDir, doc, domains: DomainSet, device, dist: DistC
             results.append(res)
             cb.on_budget_end(res)
     report = build_report(cfg, doc, results)
+    report["s_reference_errors"] = reference  # what S, S_O, S_P and their intervals were computed with (or None)
     report["seconds"] = round(time.time() - t_start, 1)
     if dist.is_main:
         atomic_write_json(run.report_path, report)

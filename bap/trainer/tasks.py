@@ -26,6 +26,7 @@ from bap.trainer.config import TrainConfig
 from bap.trainer.distributed import DistContext
 from bap.trainer.evaluation import accuracy, recalibrate_bn_
 from bap.trainer.finalize import project_to_budget_
+from bap.trainer.intervals import bootstrap_intervals
 from bap.trainer.objectives import lagrange_step, switch_step_losses
 
 __all__ = [
@@ -79,6 +80,14 @@ def _with_scores(ctx: TaskContext, res: dict[str, Any]) -> dict[str, Any]:
     res["s_score"] = s
     res["s_o"] = s / res["rel_macs_mean"] if s is not None and res.get("rel_macs_mean") else None
     res["s_p"] = s / res["rel_params"] if s is not None and res.get("rel_params") else None
+    res["intervals"] = bootstrap_intervals(
+        acc,
+        {d.name: len(d.test) for d in ctx.domains},
+        ctx.reference_errors,
+        res.get("rel_macs_mean"),
+        res.get("rel_params"),
+        seed=ctx.cfg.seed,
+    )
     return res
 
 
