@@ -139,6 +139,20 @@ def train(
     ps_scale: Annotated[
         str, typer.Option(help="none, or lambda: scale the sharing weight by max(1, budget multiplier).")
     ] = "none",
+    sharing_loss: Annotated[
+        str,
+        typer.Option(
+            help="bap's sharing loss: intersection (ICIAP 2023: pull domains onto the positions all others use), "
+            "union (push each domain off the positions only it uses) or jaccard (both)."
+        ),
+    ] = "intersection",
+    ps_weight: Annotated[
+        str,
+        typer.Option(help="fixed (--lambda-ps) or learned (starts at --lambda-ps, learned within x0.1..x10 of it)."),
+    ] = "fixed",
+    ps_ramp_epochs: Annotated[
+        int, typer.Option(help="Raise the sharing weight linearly from 0 to full over this many epochs (0: none).")
+    ] = 0,
     backbone: Annotated[str, typer.Option(help="Registered backbone (see bap models).")] = "cifar_resnet14",
     weights: Annotated[
         str | None,
@@ -248,6 +262,9 @@ def train(
         lr_milestones=parse_ints(lr_milestones, "--lr-milestones"),
         lambda_ps=lambda_ps,
         ps_scale=ps_scale,
+        sharing_loss=sharing_loss,
+        ps_weight=ps_weight,
+        ps_ramp_epochs=ps_ramp_epochs,
         lambda_lr=lambda_lr,
         preset=preset,
         reference_errors=str(reference_errors) if reference_errors else None,

@@ -18,6 +18,8 @@ __all__ = ["PRESETS", "TrainConfig", "budget_key", "method_names", "method_trait
 DG_HEADS = ("auto", "shared", "per-domain")
 BUDGET_UNITS = ("switches", "macs")
 DEVICES = ("auto", "cpu", "cuda")
+SHARING_LOSSES = ("intersection", "union", "jaccard")  # bap.trainer.objectives has the formulas
+PS_WEIGHTS = ("fixed", "learned")
 
 # paper settings (docs/design.md section 1; batch sizes and lambda_PS from the ICIAP 2023 paper); epochs are real
 # epochs there, so steps_per_epoch = 0 means "one pass". A preset never overrides a field given explicitly.
@@ -78,13 +80,20 @@ def _is_number(v: Any) -> bool:
 _Rule = tuple[str | None, Callable[[Any], bool], str, str]
 
 _INT_MINIMA = {"epochs": 1, "batch_size": 1, "steps_per_epoch": 0, "bn_recal_images": 1, "pretrain_epochs": 0,
-               "dg_importance_batches": 1}  # fmt: skip
+               "dg_importance_batches": 1, "ps_ramp_epochs": 0}  # fmt: skip
 
 _RULES: tuple[_Rule, ...] = (
     ("dg_head", lambda v: v in DG_HEADS, "unknown dg_head {v!r}", f"choose one of: {', '.join(DG_HEADS)} (--dg-head)"),
     ("budget_unit", lambda v: v in BUDGET_UNITS, "unknown budget unit {v!r}", "use --budget-unit switches or macs"),
     ("device", lambda v: v in DEVICES, "unknown device {v!r}", "use --device auto, cpu or cuda"),
     ("ps_scale", lambda v: v in ("none", "lambda"), "unknown ps_scale {v!r}", "use none or lambda"),
+    (
+        "sharing_loss",
+        lambda v: v in SHARING_LOSSES,
+        "unknown sharing loss {v!r}",
+        f"choose one of: {', '.join(SHARING_LOSSES)} (--sharing-loss)",
+    ),
+    ("ps_weight", lambda v: v in PS_WEIGHTS, "unknown ps_weight {v!r}", "use --ps-weight fixed or learned"),
     ("preset", lambda v: v is None or v in PRESETS, "unknown preset {v!r}", f"choose one of: {', '.join(PRESETS)}"),
     *(
         (
@@ -146,6 +155,11 @@ class TrainConfig:
         lambda_ps: weight of the parameter-sharing loss (``bap`` only).
         ps_scale: ``none`` or ``lambda`` (multiply the sharing weight by ``max(1, lambda_d)``, so it keeps pace
             with the budget multiplier at small budgets).
+        sharing_loss: ``intersection`` (ICIAP 2023), ``union`` or ``jaccard`` (the journal version's three losses,
+            in our forms: see :mod:`bap.trainer.objectives`).
+        ps_weight: ``fixed`` (``lambda_ps``) or ``learned`` (``lambda_ps * exp(-rho)``, ``rho`` learned, the weight
+            kept within [lambda_ps / 10, 10 lambda_ps]).
+        ps_ramp_epochs: the sharing weight rises linearly from 0 (first epoch) to full at this epoch (0: no ramp).
         lambda_lr: step of the Lagrange multiplier's projected ascent; ``None`` picks 0.1 for beta >= 0.5 and
             0.5 below (measured on the embedded suite; 1.0 overshoots).
         epochs, steps_per_epoch: an epoch is ``steps_per_epoch`` rounds, each round one batch of every domain
@@ -191,6 +205,9 @@ class TrainConfig:
     lr_milestones: tuple[int, ...] = (5,)
     lambda_ps: float = 1.0
     ps_scale: str = "none"
+    sharing_loss: str = "intersection"
+    ps_weight: str = "fixed"
+    ps_ramp_epochs: int = 0
     lambda_lr: float | None = None
     bn_recal_images: int = 2048
     pretrain_epochs: int = 6

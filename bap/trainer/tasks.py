@@ -27,7 +27,7 @@ from bap.trainer.distributed import DistContext
 from bap.trainer.evaluation import accuracy, recalibrate_bn_
 from bap.trainer.finalize import project_to_budget_
 from bap.trainer.intervals import bootstrap_intervals
-from bap.trainer.objectives import lagrange_step, switch_step_losses
+from bap.trainer.objectives import RHO_BOUND, lagrange_step, switch_step_losses
 
 __all__ = [
     "TASKS",
@@ -41,6 +41,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+PS_WEIGHT_LR = 1e-2  # Adam step of the learned sharing log-weight: it can cross its range in a few hundred steps
 
 
 @dataclass
@@ -165,6 +167,7 @@ class SwitchTask(_Task):
         self.weights = ctx.budget_weights().to(ctx.device)
         self.lambdas = [0.0] * len(ctx.domains)
         self.eta = cfg.lambda_step(beta)
+        self.eta_scale = [1.0] * len(ctx.domains)  # per-domain multiplier-step factor (domain sampling)
         heads = [p for h in self.model.heads.heads for p in h.parameters()]
         bns = [p for d in range(self.model.num_domains) for p in self.model.bn_parameters(d)]
         self.opt_switch = torch.optim.Adam(self.model.switches.parameters(), lr=cfg.lr_switch, weight_decay=0.0)
@@ -182,15 +185,30 @@ class SwitchTask(_Task):
         )
         for g in self.opt_switch.param_groups:
             g["base_lr"] = cfg.lr_switch
+        self.epoch = 0
+        self.rho: nn.Parameter | None = None  # learned log-weight of the sharing loss (--ps-weight learned)
+        if cfg.ps_weight == "learned" and cfg.effective_lambda_ps > 0:
+            self.rho = nn.Parameter(torch.zeros((), device=ctx.device))
+            self.opt_switch.add_param_group({"params": [self.rho], "lr": PS_WEIGHT_LR, "base_lr": PS_WEIGHT_LR})
         self.optimizers = [self.opt_switch, self.opt_sgd]
 
     def trainable(self) -> list[nn.Parameter]:
         """Parameters whose gradients are averaged across ranks."""
-        return [p for p in self.model.parameters() if p.requires_grad]
+        own = [self.rho] if self.rho is not None else []
+        return [p for p in self.model.parameters() if p.requires_grad] + own
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Remember the epoch (the sharing ramp depends on it)."""
+        self.epoch = epoch
+
+    def ps_ramp(self) -> float:
+        """Factor of the sharing weight this epoch: ``min(1, epoch / N)`` over the first N = ``ps_ramp_epochs``."""
+        n = self.ctx.cfg.ps_ramp_epochs
+        return 1.0 if n <= 0 else min(1.0, self.epoch / n)
 
     def lambda_ps(self, d: int) -> float:
-        """Effective sharing weight for domain ``d``'s step."""
-        lam = self.ctx.cfg.effective_lambda_ps
+        """Effective sharing weight for domain ``d``'s step (before a learned factor)."""
+        lam = self.ctx.cfg.effective_lambda_ps * self.ps_ramp()
         if self.ctx.cfg.ps_scale == "lambda":
             lam *= max(1.0, self.lambdas[d])
         return lam
@@ -198,13 +216,17 @@ class SwitchTask(_Task):
     def step(self, d: int, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Forward + backward of one batch of domain ``d``; the multiplier is updated by the loop's callback."""
         self.model.train()
-        out = switch_step_losses(self.model, x, y, d, self.beta, self.lambdas[d], self.weights, self.lambda_ps(d))
+        out = switch_step_losses(self.model, x, y, d, self.beta, self.lambdas[d], self.weights, self.lambda_ps(d),
+                                 self.ctx.cfg.sharing_loss, self.rho)  # fmt: skip
         out["loss"].backward()
         return {k: float(v.detach()) for k, v in out.items() if k != "logits"}
 
     def after_step(self, d: int, stats: dict[str, float]) -> None:
-        """Projected ascent of domain ``d``'s budget multiplier."""
-        self.lambdas[d] = lagrange_step(self.lambdas[d], stats["usage"], self.beta, self.eta)
+        """Projected ascent of domain ``d``'s budget multiplier; the learned sharing weight stays in its bounds."""
+        self.lambdas[d] = lagrange_step(self.lambdas[d], stats["usage"], self.beta, self.eta * self.eta_scale[d])
+        if self.rho is not None:
+            with torch.no_grad():
+                self.rho.clamp_(-RHO_BOUND, RHO_BOUND)
 
     def epoch_stats(self) -> dict[str, Any]:
         """Switch usage and sharing for the metrics line."""
@@ -214,12 +236,21 @@ class SwitchTask(_Task):
         usage = budget_usage(on, self.weights.cpu().double())
         a, o = sharing_fractions(on)
         names = self.ctx.domains.names
-        return {
+        out = {
             "lambda": dict(zip(names, self.lambdas, strict=True)),
             "usage": {n: float(u) for n, u in zip(names, usage, strict=True)},
             "and_fraction": a,
             "or_fraction": o,
         }
+        if self.uses_sharing_loss:
+            out["ps_ramp"] = self.ps_ramp()
+            out["ps_weight"] = self.sharing_weight()
+        return out
+
+    def sharing_weight(self) -> float:
+        """The sharing weight now (``lambda_PS`` x ramp x learned factor; before ``--ps-scale``)."""
+        w = self.ctx.cfg.effective_lambda_ps * self.ps_ramp()
+        return w * math.exp(-float(self.rho.detach())) if self.rho is not None else w
 
     def quick_validate(self) -> dict[str, float]:
         """Validation accuracy after a short BN re-estimation (256 images per domain) on a copy of the statistics.
@@ -241,12 +272,15 @@ class SwitchTask(_Task):
 
     def state_dict(self) -> dict[str, Any]:
         """Resumable state."""
-        return {
+        st = {
             "model": self.model.trainable_state(),
             "opt_switch": self.opt_switch.state_dict(),
             "opt_sgd": self.opt_sgd.state_dict(),
             "lambdas": list(self.lambdas),
         }
+        if self.rho is not None:
+            st["rho"] = self.rho.detach().cpu().clone()
+        return st
 
     def load_state_dict(self, st: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
@@ -254,6 +288,9 @@ class SwitchTask(_Task):
         self.opt_switch.load_state_dict(st["opt_switch"])
         self.opt_sgd.load_state_dict(st["opt_sgd"])
         self.lambdas = [float(v) for v in st["lambdas"]]
+        if self.rho is not None and "rho" in st:
+            with torch.no_grad():
+                self.rho.copy_(st["rho"])
 
     def finalize(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """Project, re-estimate BN, evaluate, measure the compact structure."""
@@ -278,6 +315,9 @@ class SwitchTask(_Task):
             "projected_switches": {ctx.domains.names[d]: n for d, n in projected.items()},
             "lambda_final": dict(zip(ctx.domains.names, self.lambdas, strict=True)),
         }
+        if self.uses_sharing_loss:
+            res["sharing"] = {"loss": ctx.cfg.sharing_loss, "weight": ctx.cfg.ps_weight,
+                              "ramp_epochs": ctx.cfg.ps_ramp_epochs, "final_weight": self.sharing_weight()}  # fmt: skip
         m_cpu = copy.deepcopy(m).cpu()
         res.update(
             structure_metrics(
