@@ -153,6 +153,13 @@ def train(
     ps_ramp_epochs: Annotated[
         int, typer.Option(help="Raise the sharing weight linearly from 0 to full over this many epochs (0: none).")
     ] = 0,
+    projection: Annotated[
+        str,
+        typer.Option(
+            help="After training, bring each domain onto its budget by switching off its lowest switches (lowest) "
+            "or the positions the fewest domains use first (sharing: frees positions for pruning)."
+        ),
+    ] = "lowest",
     backbone: Annotated[str, typer.Option(help="Registered backbone (see bap models).")] = "cifar_resnet14",
     weights: Annotated[
         str | None,
@@ -265,6 +272,7 @@ def train(
         sharing_loss=sharing_loss,
         ps_weight=ps_weight,
         ps_ramp_epochs=ps_ramp_epochs,
+        projection=projection,
         lambda_lr=lambda_lr,
         preset=preset,
         reference_errors=str(reference_errors) if reference_errors else None,

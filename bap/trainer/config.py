@@ -20,6 +20,7 @@ BUDGET_UNITS = ("switches", "macs")
 DEVICES = ("auto", "cpu", "cuda")
 SHARING_LOSSES = ("intersection", "union", "jaccard")  # bap.trainer.objectives has the formulas
 PS_WEIGHTS = ("fixed", "learned")
+PROJECTIONS = ("lowest", "sharing")  # bap.trainer.finalize.project_to_budget_
 
 # paper settings (docs/design.md section 1; batch sizes and lambda_PS from the ICIAP 2023 paper); epochs are real
 # epochs there, so steps_per_epoch = 0 means "one pass". A preset never overrides a field given explicitly.
@@ -94,6 +95,7 @@ _RULES: tuple[_Rule, ...] = (
         f"choose one of: {', '.join(SHARING_LOSSES)} (--sharing-loss)",
     ),
     ("ps_weight", lambda v: v in PS_WEIGHTS, "unknown ps_weight {v!r}", "use --ps-weight fixed or learned"),
+    ("projection", lambda v: v in PROJECTIONS, "unknown projection {v!r}", "use --projection lowest or sharing"),
     ("preset", lambda v: v is None or v in PRESETS, "unknown preset {v!r}", f"choose one of: {', '.join(PRESETS)}"),
     *(
         (
@@ -160,6 +162,9 @@ class TrainConfig:
         ps_weight: ``fixed`` (``lambda_ps``) or ``learned`` (``lambda_ps * exp(-rho)``, ``rho`` learned, the weight
             kept within [lambda_ps / 10, 10 lambda_ps]).
         ps_ramp_epochs: the sharing weight rises linearly from 0 (first epoch) to full at this epoch (0: no ramp).
+        projection: how a domain above its budget after training is brought onto it: ``lowest`` (its lowest-``t``
+            switches) or ``sharing`` (the positions used by the fewest domains first; see
+            :func:`bap.trainer.finalize.project_to_budget_`).
         lambda_lr: step of the Lagrange multiplier's projected ascent; ``None`` picks 0.1 for beta >= 0.5 and
             0.5 below (measured on the embedded suite; 1.0 overshoots).
         epochs, steps_per_epoch: an epoch is ``steps_per_epoch`` rounds, each round one batch of every domain
@@ -208,6 +213,7 @@ class TrainConfig:
     sharing_loss: str = "intersection"
     ps_weight: str = "fixed"
     ps_ramp_epochs: int = 0
+    projection: str = "lowest"
     lambda_lr: float | None = None
     bn_recal_images: int = 2048
     pretrain_epochs: int = 6

@@ -2,8 +2,8 @@
 
 Switches keep flipping until the last step, so running BN statistics never match the final switches, and the
 hinge only pushes usage down while it is above beta, so the realised budget jitters around it. Both are fixed
-here (``docs/design.md`` section 1): a projection that switches off the lowest-``t`` active switches of any domain
-above beta, then each domain's BN statistics re-estimated with its final binary switches on shuffled training
+here (``docs/design.md`` section 1): a projection that switches off active switches of any domain above beta (the
+lowest-``t`` ones, or with ``--projection sharing`` those used by the fewest domains first), then each domain's BN statistics re-estimated with its final binary switches on shuffled training
 images. The re-estimation and the accuracy loop live in :mod:`bap.trainer.evaluation` (shared with ``dgprune``
 and pretraining) and are re-exported here under their old names.
 """
@@ -17,22 +17,47 @@ import torch
 from bap.core.multidomain import MultiDomainNet
 from bap.trainer.evaluation import accuracy, recalibrate_bn_
 
-__all__ = ["evaluate", "project_to_budget_", "recalibrate_bn_"]
+__all__ = ["PROJECTIONS", "evaluate", "project_to_budget_", "recalibrate_bn_"]
 
 log = logging.getLogger(__name__)
 
 
+PROJECTIONS = ("lowest", "sharing")
+
+
+def _off_order(tt: torch.Tensor, active: torch.Tensor, count: torch.Tensor | None) -> torch.Tensor:
+    """Active positions in the order they are switched off.
+
+    Lowest ``t`` first, or (``count`` given) the positions used by the fewest domains first and the lowest ``t``
+    among equals, so positions every domain uses go last.
+    """
+    if count is None:
+        return active[torch.argsort(tt[active])]  # today's projection, unchanged
+    order = active[torch.argsort(tt[active], stable=True)]
+    return order[torch.argsort(count[order], stable=True)]
+
+
 @torch.no_grad()
-def project_to_budget_(model: MultiDomainNet, beta: float, weights: torch.Tensor) -> dict[int, int]:
-    """Switch off the lowest-``t`` active switches of each domain until its weighted usage is ``<= beta``.
+def project_to_budget_(
+    model: MultiDomainNet, beta: float, weights: torch.Tensor, mode: str = "lowest"
+) -> dict[int, int]:
+    """Switch off active switches of each domain above the budget until its weighted usage is ``<= beta``.
 
     Args:
         weights: per-switch weights summing to 1 (the budget unit).
+        mode: ``lowest``: the domain's lowest-``t`` switches first (sharing ignored). ``sharing``: the positions
+            used by the fewest domains first (lowest ``t`` among equals), so a domain gives up the positions only it
+            uses, which frees them for pruning, and keeps the positions every domain uses (``|AND|``) unless nothing
+            else is left. Domains are projected in index order and the counts are updated after each, so a
+            position another domain has just left counts one domain fewer.
 
     Returns:
         ``{domain index: switches turned off}`` (only domains that were above the budget).
     """
+    if mode not in PROJECTIONS:
+        raise ValueError(f"unknown projection {mode!r}")
     w = weights.double().cpu()
+    count = model.switches.binary().cpu().sum(0) if mode == "sharing" else None
     changed = {}
     for d, t in enumerate(model.switches.logits):
         tt = t.detach().cpu()
@@ -40,16 +65,18 @@ def project_to_budget_(model: MultiDomainNet, beta: float, weights: torch.Tensor
         usage = float((on.double() * w).sum())
         if usage <= beta + 1e-12:
             continue
-        active = torch.nonzero(on).flatten()
-        order = active[torch.argsort(tt[active])]
+        order = _off_order(tt, torch.nonzero(on).flatten(), count)
         excess = usage - beta
         cum = torch.cumsum(w[order], 0)
         n = int(torch.searchsorted(cum, torch.tensor(excess - 1e-12, dtype=torch.float64)).item()) + 1
         off = order[:n]
         t.data[off.to(t.device)] = -t.data[off.to(t.device)].abs().clamp_min(1e-6)
+        if count is not None:
+            count[off] -= 1
         changed[d] = int(n)
         log.info(
-            "projection: domain %d %.4f -> %.4f (%d switches off)",
+            "projection (%s): domain %d %.4f -> %.4f (%d switches off)",
+            mode,
             d,
             usage,
             float(((t.detach().cpu() > 0).double() * w).sum()),

@@ -297,7 +297,7 @@ class SwitchTask(_Task):
         ctx, m = self.ctx, self.model
         m.eval()
         running_acc = _accuracy_block(ctx, m, "test")  # before re-estimation: shows why it is needed
-        projected = project_to_budget_(m, self.beta, self.weights.cpu())
+        projected = project_to_budget_(m, self.beta, self.weights.cpu(), ctx.cfg.projection)
         recalibrate_bn_(
             m,
             list(ctx.domains),
@@ -313,6 +313,7 @@ class SwitchTask(_Task):
             "val_accuracy": _accuracy_block(ctx, m, "val"),
             "accuracy_before_bn_reestimation": running_acc,
             "projected_switches": {ctx.domains.names[d]: n for d, n in projected.items()},
+            "projection": ctx.cfg.projection,
             "lambda_final": dict(zip(ctx.domains.names, self.lambdas, strict=True)),
         }
         if self.uses_sharing_loss:
