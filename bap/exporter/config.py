@@ -14,7 +14,7 @@ __all__ = ["MAX_OPSET", "MIN_OPSET", "ExportConfig"]
 
 MIN_OPSET, MAX_OPSET = 13, 21  # 13: Gather/Unsqueeze with tensor axes; 21: newest the legacy exporter emits
 TARGETS = ("onnx", "trt")
-GRAPH_CHOICES = ("auto", "tables", "routed")  # bap.exporter.layouts.LAYOUTS plus auto
+GRAPH_CHOICES = ("auto", "tables", "routed", "shared")  # bap.exporter.layouts.LAYOUTS plus auto
 PRECISIONS = ("fp32", "fp16")
 ROUND_TO = (1, 8, 16, 32)
 
@@ -42,6 +42,9 @@ class ExportConfig:
             (``benchmarks/export_defaults.py``, benchmarks/RESULTS.md section 7).
         gather_threshold: stream consumers gather their kept input channels only when they keep at most this
             fraction; above it they read the full-width stream with zero weight columns (no gather).
+        max_weights: the most weights the multi-domain model may hold after ONNX Runtime loads it, as a multiple of
+            the backbone's: ``shared`` stores common conv blocks once until it fits; ``auto`` picks the fastest
+            layout within it.
         batch_size: mixed-domain validation batch, and the TensorRT profile's optimal batch.
         max_batch: largest batch of the TensorRT profile.
         opset: ONNX opset.
@@ -63,6 +66,7 @@ class ExportConfig:
     specialise: tuple[str, ...] = ()
     round_to: int = 8  # measured: benchmarks/export_defaults.py (RESULTS.md section 7)
     gather_threshold: float = 0.5  # a Gather of most channels costs more than the zero columns it saves
+    max_weights: float = 1.0  # issue 14: the multi-domain model holds no more weights than the backbone it replaces
     batch_size: int = 16
     max_batch: int = 64
     opset: int = 17
@@ -117,9 +121,10 @@ _RULES: tuple[tuple[Callable[[ExportConfig], bool], Callable[[ExportConfig], str
         f"use --graph {', '.join(GRAPH_CHOICES)}",
     ),
     (
-        lambda c: c.graph == "routed" and c.target == "trt",
+        lambda c: c.graph in ("routed", "shared") and c.target == "trt",
         lambda c: (
-            "--graph routed is for ONNX Runtime (its branch weights are derived in the graph; not built for TensorRT)"
+            f"--graph {c.graph} is for ONNX Runtime (data-dependent routing and runtime settings; not built for "
+            "TensorRT)"
         ),
         "use --graph tables (or auto) with --target trt",
     ),

@@ -27,6 +27,7 @@ from bap.core.metrics import backbone_size, param_bits
 from bap.core.multidomain import MultiDomainNet
 from bap.core.registry import Registry
 from bap.exporter.routed import DOMAIN, IMAGE, LOGITS, BranchConv, branch_convs, route_branches, routed_stats
+from bap.exporter.sharing import BranchSets, ConvInfo, choose_sharing, sharing_cost
 
 __all__ = [
     "LAYOUTS",
@@ -56,6 +57,7 @@ class LayoutJob:
     size: int
     shared_bn: bool
     to_onnx: Callable[..., onnx.ModelProto]  # (module, example args, input names, dynamic axes) -> clean model
+    max_weights: float = 1.0  # shared layout: weights held after loading, x the backbone's
 
 
 @dataclass
@@ -222,4 +224,56 @@ class RoutedLayout(LayoutContract):
         k = [job.model.heads.num_classes[r] for r in job.rows]
         branches = [built.branches[n] for n in job.served]
         model = route_branches([b.proto for b in branches], [b.convs for b in branches], backbone, k)
+        return clean_graph(model, fold_constants=False)
+
+
+def conv_infos(model: MultiDomainNet) -> list[ConvInfo]:
+    """Shape facts and chain consumers of every conv of the backbone (for the ``shared`` cost model)."""
+    out = []
+    for c in model.graph.convs:
+        consumer = model.graph.chain_consumer(c.name)
+        stride = model.body.get_submodule(c.name).stride
+        out.append(ConvInfo(c.name, c.kind, c.in_channels, c.out_channels, c.kernel[0] * c.kernel[1],
+                            c.out_hw[0] * c.out_hw[1], consumer.name if consumer else None,
+                            stride[0] * stride[1]))  # fmt: skip
+    return out
+
+
+@LAYOUTS.register("shared")
+class SharedLayout(RoutedLayout):
+    """Routed branches whose common conv blocks are held once after loading (:mod:`.shared`, :mod:`.sharing`)."""
+
+    # the BN a branch applies after a shared conv must not be folded into it (a copy per branch)
+    ort_disabled_optimizers: ClassVar[tuple[str, ...]] = ("ConvBNFusion", "ConvMulFusion", "ConvAddFusion")
+
+    def build(self, job: LayoutJob) -> Built:
+        """The routed branches, then the core/extras plan that fits ``max_weights`` x the backbone's weights."""
+        built = super().build(job)
+        infos = conv_infos(job.model)
+        sets = [{n: BranchSets(bc.out_keep, bc.in_keep) for n, bc in b.convs.items()} for b in built.branches.values()]
+        backbone_w = sum(i.in_channels * i.out_channels * i.kernel_area for i in infos)
+        plan, cost = choose_sharing(infos, sets, job.max_weights, backbone_w, job.round_to)
+        routed_cost = sharing_cost(infos, sets, type(plan)(), job.round_to)
+        scale = job.size**2 / job.model.graph.input_size**2
+        built.macs = {n: int(m * scale) for n, m in zip(job.served, cost.macs, strict=True)}
+        bn = 2 * sum(len(bc.out_keep) for b in built.branches.values() for bc in b.convs.values())
+        built.params["loaded_params"] = cost.weights + bn
+        built.facts.update(sharing=plan.to_dict(), estimated_conv_weights=cost.weights,
+                           estimated_conv_weights_routed=routed_cost.weights)  # fmt: skip
+        built.plans = [b.net.plan for b in built.branches.values()]
+        self.plan, self.infos = plan, infos
+        return built
+
+    def to_onnx(self, job: LayoutJob, built: Built) -> onnx.ModelProto:
+        """Export every branch, then compose them with the shared blocks (:func:`.shared.share_branches`)."""
+        from bap.exporter.onnx_io import clean_graph
+        from bap.exporter.shared import share_branches
+
+        for b in built.branches.values():
+            b.proto = export_single(job, b.net)
+        backbone = {c.name: job.model.body.get_submodule(c.name).weight.detach().numpy() for c in job.model.graph.convs}
+        k = [job.model.heads.num_classes[r] for r in job.rows]
+        branches = [built.branches[n] for n in job.served]
+        model = share_branches([b.proto for b in branches], [b.convs for b in branches], self.infos, self.plan,
+                               backbone, k, round_to=job.round_to)  # fmt: skip
         return clean_graph(model, fold_constants=False)

@@ -41,9 +41,11 @@ from bap.exporter.manifest import (
     InputSpec,
     Macs,
     Manifest,
+    OrtSettings,
     OutputSpec,
     Params,
     PreprocessSpec,
+    RuntimeSettings,
     SourceRun,
     SpecialisedEntry,
     ValidationReport,
@@ -63,6 +65,7 @@ from bap.exporter.trt import (
 from bap.exporter.validate import (
     ValidationSamples,
     check_model,
+    held_weights,
     require_passed,
     validate_multidomain,
     validate_single,
@@ -301,7 +304,16 @@ def build_layout(r: Resolved, p: Planned) -> Laid:
         return clean_graph(export_module(module, example, input_names, list(layout.outputs), dynamic_axes, cfg.opset))
 
     job = LayoutJob(
-        model, p.plan, r.rows, list(r.served), cfg.round_to, cfg.gather_threshold, r.size, r.run.shared_network, to_onnx
+        model,
+        p.plan,
+        r.rows,
+        list(r.served),
+        cfg.round_to,
+        cfg.gather_threshold,
+        r.size,
+        r.run.shared_network,
+        to_onnx,
+        cfg.max_weights,
     )
     built = layout.build(job)
     summary = plan_summary(model.graph, p.plan, p.on, built.plans, built.stored)
@@ -427,6 +439,12 @@ class Validated:
     report: ValidationReport
     file_domains: dict[str, str]
     lines: list[str]
+    held: int | None = None  # float weights ONNX Runtime holds for the multi-domain model after loading it
+
+
+def ort_settings(layout: Any) -> OrtSettings:
+    """The ONNX Runtime settings a layout's graph must run with (recorded in the manifest, applied everywhere)."""
+    return OrtSettings(disabled_optimizers=tuple(getattr(layout, "ort_disabled_optimizers", ())))
 
 
 def validate_files(r: Resolved, laid: Laid, written: Written, stage: Path) -> Validated:
@@ -442,7 +460,15 @@ def validate_files(r: Resolved, laid: Laid, written: Written, stage: Path) -> Va
     served = list(r.served)
     samples = ValidationSamples(served, [images(n) for n in served], r.rows, [k[i] for i in r.rows])
     io_names = (*laid.layout.inputs, *laid.layout.outputs)
-    per = validate_multidomain(stage / MODEL_FILE, model, samples, cfg.batch_size, io_names=io_names)
+    ort = ort_settings(laid.layout)
+    per = validate_multidomain(
+        stage / MODEL_FILE,
+        model,
+        samples,
+        cfg.batch_size,
+        io_names=io_names,
+        disabled_optimizers=ort.disabled_optimizers,
+    )
     models: dict[str, CheckResult] = {
         c.file: validate_single(stage / c.file, c.reference, images(c.domain), k[r.names.index(c.domain)], cfg.batch_size)
         for c in written.checks
@@ -452,7 +478,8 @@ def validate_files(r: Resolved, laid: Laid, written: Written, stage: Path) -> Va
     )
     how = {n: f" ({c.samples} checks at batch 1 and mixed batch {cfg.batch_size})" for n, c in per.items()}
     lines = [line + how.get(key, "") for key, line in zip([*per, *models], report.lines(), strict=True)]
-    return Validated(report, {c.file: c.domain for c in written.checks}, lines)
+    held = held_weights(stage / MODEL_FILE, ort.disabled_optimizers)
+    return Validated(report, {c.file: c.domain for c in written.checks}, lines, held)
 
 
 def check_readiness(r: Resolved, written: Written, say: Say) -> dict[str, Any]:
@@ -481,9 +508,19 @@ def _source_run(run: LoadedRun) -> SourceRun:
 
 
 def make_manifest(
-    r: Resolved, p: Planned, laid: Laid, written: Written, report: ValidationReport, ready: dict[str, Any]
+    r: Resolved,
+    p: Planned,
+    laid: Laid,
+    written: Written,
+    report: ValidationReport,
+    ready: dict[str, Any],
+    held: int | None = None,
 ) -> Manifest:
-    """The typed manifest of the export (without ``files``: :func:`publish` adds them)."""
+    """The typed manifest of the export (without ``files``: :func:`publish` adds them).
+
+    ``held``: float weights ONNX Runtime was measured to hold after loading the model (``params.loaded``); the
+    layout's estimate is used where it was not measured.
+    """
     cfg, run, built = r.cfg, r.run, laid.built
     docs = {d["name"]: d for d in run.domain_docs}
     served, pb, bb = list(r.served), built.params, laid.backbone_macs
@@ -498,7 +535,7 @@ def make_manifest(
         params=Params(
             model=int(pb["model_params"]),
             backbone=int(pb["backbone_params"]),
-            loaded=int(pb["loaded_params"]),
+            loaded=int(held if held is not None else pb["loaded_params"]),
             model_bits=int(pb["model_bits"]),
             backbone_bits=int(pb["backbone_bits"]),
         ),
@@ -527,6 +564,7 @@ def make_manifest(
         specialised=written.specialised,
         backbone_model={"file": BACKBONE_FILE, "domain": written.backbone_domain},
         export_config=cfg.to_dict(),
+        runtime=RuntimeSettings(ort_settings(laid.layout)),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
 
@@ -628,7 +666,7 @@ def export(cfg: ExportConfig, callback: Say | None = None) -> ExportResult:
         if not cfg.allow_mismatch:
             require_passed(validated.report, validated.file_domains, MODEL_FILE)
         ready = check_readiness(r, written, say)
-        manifest = make_manifest(r, planned, laid, written, validated.report, ready)
+        manifest = make_manifest(r, planned, laid, written, validated.report, ready, validated.held)
         manifest = publish(manifest, written.files, stage, r.out)
     say("publish", f"{r.out}")
     result = ExportResult(r.out, manifest, timings, validated.lines)

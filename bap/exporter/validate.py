@@ -25,6 +25,7 @@ __all__ = [
     "ValidationSamples",
     "check_model",
     "compare_logits",
+    "held_weights",
     "ort_session",
     "require_passed",
     "validate_multidomain",
@@ -44,8 +45,8 @@ def check_model(path: Path) -> None:
         ) from None
 
 
-def ort_session(path: Path | bytes, threads: int | None = None):
-    """A CPU ONNX Runtime session (the reference runtime of validation)."""
+def ort_session(path: Path | bytes, threads: int | None = None, disabled_optimizers: Sequence[str] = ()):
+    """A CPU ONNX Runtime session (the reference runtime of validation), with a layout's disabled optimizers."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -53,7 +54,39 @@ def ort_session(path: Path | bytes, threads: int | None = None):
     if threads:
         so.intra_op_num_threads = threads
     src = str(path) if isinstance(path, Path) else path
-    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        src, so, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled_optimizers)
+    )
+
+
+def held_weights(path: Path, disabled_optimizers: Sequence[str] = ()) -> int:
+    """Float weights ONNX Runtime's CPU provider holds for ``path`` after its load-time optimisations.
+
+    Counted from the initializers of the model ONNX Runtime optimises at load (``optimized_model_filepath``):
+    folded constants, BN fused into convs and blocked-layout reorders are what it keeps, not what the file stores.
+    """
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(
+            str(path), so, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled_optimizers)
+        )
+        model = onnx.load(so.optimized_model_filepath, load_external_data=False)
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+    total = 0
+    for t in model.graph.initializer:
+        if t.data_type in floats:
+            n = 1
+            for d in t.dims:
+                n *= d
+            total += n
+    return total
 
 
 def compare_logits(ref: np.ndarray, out: np.ndarray, num_classes: np.ndarray) -> dict[str, Any]:
@@ -100,6 +133,7 @@ def validate_multidomain(
     batch_size: int,
     seed: int = 0,
     io_names: Sequence[str] = ("image", "domain", "logits"),
+    disabled_optimizers: Sequence[str] = (),
 ) -> dict[str, CheckResult]:
     """Compare ``path`` with the masked model on every served domain.
 
@@ -107,11 +141,12 @@ def validate_multidomain(
 
     Args:
         io_names: the graph's image input, domain input and logits output (its layout's contract).
+        disabled_optimizers: ONNX Runtime optimizers the layout's manifest disables (validated as it will run).
 
     Returns:
         Per served domain, the comparison over all of its samples.
     """
-    sess = ort_session(path)
+    sess = ort_session(path, disabled_optimizers=disabled_optimizers)
     image, domain, logits = io_names
     per = {n: _Worst() for n in samples.names}
 
