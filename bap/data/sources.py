@@ -23,13 +23,14 @@ def load_domains(
     Args:
         data_root: ``None`` for the embedded suite, else a directory in ``layout``.
         layout: ``imagefolder`` or ``decathlon`` (ignored for the embedded suite).
-        domains: subset of domain names, in order (default: all).
+        domains: subset of domain names, in order (default: all). For the embedded suite, a name followed by
+            ``-inv`` or ``-rot`` is a derived domain (:func:`bap.data.suite.with_derived`).
         seed: split seed of the embedded suite.
     """
     if data_root is None:
-        from bap.data.suite import build_suite
+        from bap.data.suite import build_suite, with_derived
 
-        ds = build_suite(seed=seed)
+        ds = with_derived(build_suite(seed=seed), domains)  # names like mnist-inv: derived on the fly
     else:
         from bap.data.disk import LAYOUTS
 

@@ -2,7 +2,10 @@
 
 No network is touched at any time. Every domain is built deterministically from a seed (stratified
 splits, seeded crops and blends), at one resolution (32x32 RGB), and cached as a compressed ``.npz``
-under the bap cache directory (``$BAP_CACHE_DIR``, default ``~/.cache/bap``).
+under the bap cache directory (``$BAP_CACHE_DIR``, default ``~/.cache/bap``). Any domain name followed by ``-inv``
+(colours inverted, 255 - x) or ``-rot`` (rotated 90 degrees counter-clockwise) names a derived domain with the base
+domain's labels, splits, classes and preprocessing, built on the fly only when asked for by name (e.g.
+``--domains mnist,mnist-inv``; ``bap data list`` shows the five base domains).
 
 ===========  =======  ====================================================================  =======================
 domain       classes  images                                                                from package
@@ -23,7 +26,7 @@ import gzip
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +37,19 @@ import torch.nn.functional as F
 from bap.core.env import cache_dir
 from bap.core.registry import Registry
 from bap.data.types import Domain, DomainSet, Preprocess, TensorSplit
+from bap.errors import DataError
 
-__all__ = ["DOMAIN_BUILDERS", "SOURCE_DOMAIN", "SUITE_NAME", "SUITE_VERSION", "build_suite", "cache_dir"]
+__all__ = [
+    "DERIVED_SUFFIXES",
+    "DOMAIN_BUILDERS",
+    "SOURCE_DOMAIN",
+    "SUITE_NAME",
+    "SUITE_VERSION",
+    "build_suite",
+    "cache_dir",
+    "derive_domain",
+    "with_derived",
+]
 
 log = logging.getLogger(__name__)
 
@@ -228,13 +242,18 @@ def _build_textures(seed: int) -> _Built:
     return _Built(_gray_to_rgb(x), y, splits, names, "scikit-image", "texture crops (disjoint regions per split)", True)
 
 
+def _stats(train: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (rounded, std >= 1e-3) of uint8 training images ``[N,3,H,W]``."""
+    x = train.float().div(255.0)
+    mean = tuple(round(float(v), 4) for v in x.mean(dim=(0, 2, 3)))
+    std = tuple(round(max(float(v), 1e-3), 4) for v in x.std(dim=(0, 2, 3)))
+    return mean, std
+
+
 def _wrap(name: str, b: _Built) -> Domain:
     imgs = torch.from_numpy(np.ascontiguousarray(b.images))
     labels = torch.from_numpy(b.labels)
-    tr = b.splits["train"]
-    x = imgs[torch.from_numpy(tr)].float().div(255.0)
-    mean = tuple(round(float(v), 4) for v in x.mean(dim=(0, 2, 3)))
-    std = tuple(round(max(float(v), 1e-3), 4) for v in x.std(dim=(0, 2, 3)))
+    mean, std = _stats(imgs[torch.from_numpy(b.splits["train"])])
     splits = {k: TensorSplit(imgs[torch.from_numpy(v)], labels[torch.from_numpy(v)]) for k, v in b.splits.items()}
     return Domain(
         name=name,
@@ -317,3 +336,72 @@ def build_suite(seed: int = 0, use_cache: bool = True) -> DomainSet:
     domains = [_wrap(name, built[name]) for name in DOMAIN_BUILDERS.names()]
     origin = {"kind": SUITE_NAME, "version": SUITE_VERSION, "seed": seed}
     return DomainSet(domains, origin, SOURCE_DOMAIN)
+
+
+# derived domains: suffix -> (what the transform does, uint8 [N,3,H,W] -> uint8 [N,3,H,W])
+DERIVED_SUFFIXES: dict[str, tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = {
+    "-inv": ("colours inverted (255 - x)", lambda x: 255 - x),
+    "-rot": ("rotated 90 degrees counter-clockwise", lambda x: torch.rot90(x, 1, dims=(2, 3)).contiguous()),
+}
+
+
+def derive_domain(base: Domain, suffix: str) -> Domain:
+    """``base`` with every image transformed by ``suffix`` (``-inv`` or ``-rot``), named ``base.name + suffix``.
+
+    Labels, splits, classes, preprocessing (and flip) are the base domain's; mean/std are computed on the derived
+    training images as for the base domains.
+    """
+    what, fn = DERIVED_SUFFIXES[suffix]
+    splits = {}
+    for k in ("train", "val", "test"):
+        sp = base.split(k)
+        if not isinstance(sp, TensorSplit):
+            raise DataError(
+                f"cannot derive {base.name + suffix!r}: {base.name!r} is not held in memory",
+                "derive embedded domains only",
+            )
+        splits[k] = TensorSplit(fn(sp.images), sp.labels.clone())
+    mean, std = _stats(splits["train"].images)
+    return Domain(
+        name=base.name + suffix,
+        classes=list(base.classes),
+        train=splits["train"],
+        val=splits["val"],
+        test=splits["test"],
+        mean=mean,  # type: ignore[arg-type]
+        std=std,  # type: ignore[arg-type]
+        preprocess=base.preprocess,
+        source=base.source,
+        description=f"{base.description}, {what}",
+        extra={"derived_from": base.name, "transform": suffix[1:]},
+    )
+
+
+def _derived_parts(name: str, bases: list[str]) -> tuple[str, str] | None:
+    for suffix in DERIVED_SUFFIXES:
+        if name.endswith(suffix) and name[: -len(suffix)] in bases:
+            return name[: -len(suffix)], suffix
+    return None
+
+
+def with_derived(ds: DomainSet, names: Sequence[str] | None) -> DomainSet:
+    """``ds`` plus the derived domains ``names`` asks for (appended after the base domains).
+
+    Raises:
+        DataError: a name is neither a domain of ``ds`` nor one of them followed by a known suffix.
+    """
+    bases = ds.names
+    extra: list[Domain] = []
+    for name in names or ():
+        if name in bases or name in (d.name for d in extra):
+            continue
+        parts = _derived_parts(name, bases)
+        if parts is None:
+            raise DataError(
+                f"unknown domain {name!r}",
+                f"choose from: {', '.join(bases)}, or any of them followed by {' or '.join(DERIVED_SUFFIXES)}",
+            )
+        extra.append(derive_domain(ds.get(parts[0]), parts[1]))
+    if not extra:
+        return ds
+    return DomainSet([*ds.domains, *extra], dict(ds.origin), ds.source_domain)
