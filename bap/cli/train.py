@@ -160,6 +160,13 @@ def train(
             "or the positions the fewest domains use first (sharing: frees positions for pruning)."
         ),
     ] = "lowest",
+    domain_sampling: Annotated[
+        str,
+        typer.Option(
+            help="Batches per epoch of each domain: uniform (the same for all), proportional (to its training size, "
+            "the paper's protocol) or sqrt (to its square root); budget multiplier steps are scaled to match."
+        ),
+    ] = "uniform",
     backbone: Annotated[str, typer.Option(help="Registered backbone (see bap models).")] = "cifar_resnet14",
     weights: Annotated[
         str | None,
@@ -273,6 +280,7 @@ def train(
         ps_weight=ps_weight,
         ps_ramp_epochs=ps_ramp_epochs,
         projection=projection,
+        domain_sampling=domain_sampling,
         lambda_lr=lambda_lr,
         preset=preset,
         reference_errors=str(reference_errors) if reference_errors else None,

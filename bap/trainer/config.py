@@ -21,6 +21,7 @@ DEVICES = ("auto", "cpu", "cuda")
 SHARING_LOSSES = ("intersection", "union", "jaccard")  # bap.trainer.objectives has the formulas
 PS_WEIGHTS = ("fixed", "learned")
 PROJECTIONS = ("lowest", "sharing")  # bap.trainer.finalize.project_to_budget_
+DOMAIN_SAMPLINGS = ("uniform", "proportional", "sqrt")  # bap.trainer.sampling
 
 # paper settings (docs/design.md section 1; batch sizes and lambda_PS from the ICIAP 2023 paper); epochs are real
 # epochs there, so steps_per_epoch = 0 means "one pass". A preset never overrides a field given explicitly.
@@ -96,6 +97,18 @@ _RULES: tuple[_Rule, ...] = (
     ),
     ("ps_weight", lambda v: v in PS_WEIGHTS, "unknown ps_weight {v!r}", "use --ps-weight fixed or learned"),
     ("projection", lambda v: v in PROJECTIONS, "unknown projection {v!r}", "use --projection lowest or sharing"),
+    (
+        "domain_sampling",
+        lambda v: v in DOMAIN_SAMPLINGS,
+        "unknown domain sampling {v!r}",
+        f"choose one of: {', '.join(DOMAIN_SAMPLINGS)} (--domain-sampling)",
+    ),
+    (
+        None,
+        lambda c: c.domain_sampling == "uniform" or method_traits(c.method).any_domain_sampling,
+        "--method {v.method} needs --domain-sampling uniform (one batch of every domain per step)",
+        "drop --domain-sampling",
+    ),
     ("preset", lambda v: v is None or v in PRESETS, "unknown preset {v!r}", f"choose one of: {', '.join(PRESETS)}"),
     *(
         (
@@ -165,10 +178,13 @@ class TrainConfig:
         projection: how a domain above its budget after training is brought onto it: ``lowest`` (its lowest-``t``
             switches) or ``sharing`` (the positions used by the fewest domains first; see
             :func:`bap.trainer.finalize.project_to_budget_`).
+        domain_sampling: batches per epoch of each domain: ``uniform`` (the same for all), ``proportional`` (to its
+            training size: the paper's protocol) or ``sqrt``; multiplier steps are scaled to match (see
+            :mod:`bap.trainer.sampling`).
         lambda_lr: step of the Lagrange multiplier's projected ascent; ``None`` picks 0.1 for beta >= 0.5 and
             0.5 below (measured on the embedded suite; 1.0 overshoots).
         epochs, steps_per_epoch: an epoch is ``steps_per_epoch`` rounds, each round one batch of every domain
-            in random order; 0 means one pass over the largest domain.
+            in random order (uniform sampling); 0 means one pass over the largest domain.
         lr_milestones: epochs at which all learning rates are multiplied by 0.1.
         lr_head: SGD learning rate of the heads; ``None`` scales 0.1 by 64 / feature width.
         bn_recal_images: training images per domain used to re-estimate BN statistics after training.
@@ -214,6 +230,7 @@ class TrainConfig:
     ps_weight: str = "fixed"
     ps_ramp_epochs: int = 0
     projection: str = "lowest"
+    domain_sampling: str = "uniform"
     lambda_lr: float | None = None
     bn_recal_images: int = 2048
     pretrain_epochs: int = 6

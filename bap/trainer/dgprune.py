@@ -169,6 +169,7 @@ class DGPruneTask(_Task):
     shared_network = True
     trains_budgets = True
     budget_unit = "macs"  # budgets are always fractions of the backbone's MACs
+    any_domain_sampling = False  # one fine-tuning step per round mixes one batch of every domain
 
     def __init__(self, ctx, beta: float):
         cfg = ctx.cfg

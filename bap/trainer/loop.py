@@ -25,7 +25,7 @@ from bap.errors import ConfigError, DataError, IncompatibleArtifactError, Traini
 from bap.trainer.artifacts import REPORT_FORMAT, RunDir, run_config_doc
 from bap.trainer.config import TrainConfig, budget_key
 from bap.trainer.distributed import DistContext, init_distributed
-from bap.trainer.sampling import domain_order, epoch_indices
+from bap.trainer.sampling import domain_steps, epoch_indices, epoch_schedule
 from bap.trainer.tasks import TASKS, TaskContext, batch_for, steps_per_epoch
 
 __all__ = ["TrainingInterrupted", "build_report", "train"]
@@ -263,12 +263,40 @@ def _add_stats(sums: dict[str, dict[str, float]], name: str, stats: dict[str, fl
     acc["n"] = acc.get("n", 0.0) + 1
 
 
+def _schedule(ctx: TaskContext) -> list[int]:
+    """Batches per epoch of each domain under ``--domain-sampling``."""
+    cfg = ctx.cfg
+    rounds = steps_per_epoch(cfg, ctx.domains)
+    sizes = [len(d.train) for d in ctx.domains]
+    return domain_steps(sizes, rounds, cfg.batch_size, cfg.domain_sampling, one_pass=cfg.steps_per_epoch == 0)
+
+
+def _run_epoch(ctx: TaskContext, task, trainable, key: str, epoch: int, first_round: int, counts: list[int], cb,
+               stop: threading.Event, save) -> dict[str, dict[str, float]]:  # fmt: skip
+    """The rounds of one epoch from ``first_round``; returns the per-domain sums of the step statistics."""
+    cfg = ctx.cfg
+    bs = cfg.batch_size
+    idx = {d: epoch_indices(len(ctx.domains[d].train), n * bs, cfg.seed, key, epoch, d) for d, n in enumerate(counts)}
+    rounds = epoch_schedule(counts, cfg.seed, key, epoch)
+    sums: dict[str, dict[str, float]] = {}
+    for r in range(first_round, len(rounds)):
+        for d, j in rounds[r]:  # j: the domain's batch number in this epoch (the round, under uniform sampling)
+            x, y = batch_for(ctx, d, idx[d][j * bs : (j + 1) * bs], (cfg.seed, key, epoch, j, d))
+            stats = _optimizer_step(ctx, task, trainable, d, x, y)
+            _add_stats(sums, ctx.domains.names[d], stats)
+            cb.on_advance(1, **{k: stats[k] for k in ("loss", "usage") if k in stats}, epoch=epoch + 1)
+        if stop.is_set():
+            save(epoch, r + 1)
+            raise TrainingInterrupted(f"interrupted at budget {key}, epoch {epoch + 1}, step {r + 1}")
+    return sums
+
+
 def _train_budget(ctx: TaskContext, run: RunDir, beta: float, cb, stop: threading.Event) -> dict[str, Any]:
     cfg, dist = ctx.cfg, ctx.dist
     key = budget_key(beta)
     task = TASKS.get(cfg.method)(ctx, beta)
-    steps = steps_per_epoch(cfg, ctx.domains)
-    num_domains = len(ctx.domains)
+    counts = _schedule(ctx)
+    task.on_schedule(counts)
     start_epoch, start_step, elapsed = _resume_point(run, task, cfg, key)
     metrics = [r for r in run.read_metrics() if not (r.get("budget") == key and r.get("epoch", 0) >= start_epoch)]
 
@@ -286,28 +314,16 @@ def _train_budget(ctx: TaskContext, run: RunDir, beta: float, cb, stop: threadin
             )
         dist.barrier()
 
-    cb.on_phase(f"{cfg.method} β={key}", cfg.epochs * steps * num_domains)
-    cb.on_advance((start_epoch * steps + start_step) * num_domains)
+    per_epoch = sum(counts)
+    cb.on_phase(f"{cfg.method} β={key}", cfg.epochs * per_epoch)
+    cb.on_advance(start_epoch * per_epoch + min(per_epoch, start_step * len(counts)))
     t0 = time.time()
     trainable = task.trainable()
     for epoch in range(start_epoch, cfg.epochs):
         lr_factor = _set_lr(task, epoch, cfg.lr_milestones)
         task.on_epoch_start(epoch)
-        idx = {
-            d: epoch_indices(len(ctx.domains[d].train), steps * cfg.batch_size, cfg.seed, key, epoch, d)
-            for d in range(num_domains)
-        }
-        sums: dict[str, dict[str, float]] = {}
-        for step in range(start_step if epoch == start_epoch else 0, steps):
-            for d in domain_order(num_domains, cfg.seed, key, epoch, step):
-                batch_idx = idx[d][step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                x, y = batch_for(ctx, d, batch_idx, (cfg.seed, key, epoch, step, d))
-                stats = _optimizer_step(ctx, task, trainable, d, x, y)
-                _add_stats(sums, ctx.domains.names[d], stats)
-                cb.on_advance(1, **{k: stats[k] for k in ("loss", "usage") if k in stats}, epoch=epoch + 1)
-            if stop.is_set():
-                save(epoch, step + 1)
-                raise TrainingInterrupted(f"interrupted at budget {key}, epoch {epoch + 1}, step {step + 1}")
+        first = start_step if epoch == start_epoch else 0
+        sums = _run_epoch(ctx, task, trainable, key, epoch, first, counts, cb, stop, save)
         row = {
             "budget": key,
             "method": cfg.method,
@@ -330,10 +346,13 @@ def _train_budget(ctx: TaskContext, run: RunDir, beta: float, cb, stop: threadin
             {k: row[k] for k in row if k in ("usage", "and_fraction", "val_accuracy")},
         )
     cb.on_phase_end()
-    return _finish_budget(ctx, run, task, beta, elapsed + time.time() - t0)
+    sampling = {"mode": cfg.domain_sampling, "steps_per_epoch": dict(zip(ctx.domains.names, counts, strict=True))}
+    return _finish_budget(ctx, run, task, beta, elapsed + time.time() - t0, {"domain_sampling": sampling})
 
 
-def _finish_budget(ctx: TaskContext, run: RunDir, task, beta: float, seconds: float) -> dict[str, Any]:
+def _finish_budget(
+    ctx: TaskContext, run: RunDir, task, beta: float, seconds: float, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Finalise the task, write the budget's state and result, drop the checkpoint; return the result."""
     cfg, dist = ctx.cfg, ctx.dist
     t0 = time.time()
@@ -348,6 +367,7 @@ def _finish_budget(ctx: TaskContext, run: RunDir, task, beta: float, seconds: fl
         "budget_unit": cfg.budget_unit,
         "lambda_ps": cfg.effective_lambda_ps,
         **res,
+        **(extra or {}),
     }
     res["seconds"] = round(seconds + time.time() - t0, 1)
     if dist.is_main:

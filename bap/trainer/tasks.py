@@ -123,6 +123,8 @@ class _Task:
         uses_sharing_loss: uses the parameter-sharing loss (``lambda_ps``).
         exportable: its result is a multi-domain network ``bap export`` can build.
         budget_unit: the budget unit the method always uses (``None``: the configured one).
+        any_domain_sampling: trains under every ``--domain-sampling``; ``False``: needs one batch of every domain
+            per round (``uniform``).
     """
 
     summary: ClassVar[str] = ""
@@ -132,12 +134,16 @@ class _Task:
     uses_sharing_loss: ClassVar[bool] = False
     exportable: ClassVar[bool] = True
     budget_unit: ClassVar[str | None] = None
+    any_domain_sampling: ClassVar[bool] = True
 
     ctx: TaskContext
     model: nn.Module
 
     def on_epoch_start(self, epoch: int) -> None:
         """Called before the first step of each epoch (also when a run resumes mid-epoch)."""
+
+    def on_schedule(self, steps: list[int]) -> None:
+        """Called once before training with the number of batches per epoch of each domain."""
 
     def after_step(self, d: int, stats: dict[str, float]) -> None:
         """Called after each optimizer step of domain ``d``."""
@@ -200,6 +206,12 @@ class SwitchTask(_Task):
     def on_epoch_start(self, epoch: int) -> None:
         """Remember the epoch (the sharing ramp depends on it)."""
         self.epoch = epoch
+
+    def on_schedule(self, steps: list[int]) -> None:
+        """Scale each domain's multiplier step to its share of the epoch's steps (1 each under uniform sampling)."""
+        from bap.trainer.sampling import multiplier_scales
+
+        self.eta_scale = multiplier_scales(steps)
 
     def ps_ramp(self) -> float:
         """Factor of the sharing weight this epoch: ``min(1, epoch / N)`` over the first N = ``ps_ramp_epochs``."""
