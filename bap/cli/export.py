@@ -105,10 +105,11 @@ def export(
     graph: Annotated[
         str,
         typer.Option(
-            help="Multi-domain graph: routed (each domain runs its own channels on its samples; fastest on ONNX Runtime, "
-            "weights folded per domain at load), tables (union of channels + per-sample BN tables; weights held once), "
-            "or auto (routed for --target onnx with several domains of a per-domain method; tables for --target trt, "
-            "one domain, or dgprune/feature runs, whose domains share one network)."
+            help="Multi-domain graph: shared (each domain runs its own channels on its samples; the conv blocks the "
+            "domains have in common are held once, as much as --max-weights needs), routed (own channels, every "
+            "domain's weights folded separately at load: fastest, most memory), tables (union of channels + per-sample "
+            "BN tables: leanest, slowest on ONNX Runtime), or auto (shared for --target onnx with several domains of a "
+            "per-domain method; tables for --target trt, one domain, or dgprune/feature runs)."
         ),
     ] = D.graph,
     precision: Annotated[str, typer.Option(help="fp32 or fp16 (fp16 is carried by the ONNX file).")] = D.precision,
@@ -134,6 +135,14 @@ def export(
             "read the full stream."
         ),
     ] = D.gather_threshold,
+    max_weights: Annotated[
+        float,
+        typer.Option(
+            help=f"Most weights the multi-domain model may hold once ONNX Runtime has loaded it, x the backbone's "
+            f"(default {D.max_weights:g}: never more than the model it replaces); --graph shared stores common blocks "
+            "once until it fits (measured at export)."
+        ),
+    ] = D.max_weights,
     batch_size: Annotated[
         int, typer.Option(help="Mixed-domain validation batch; TensorRT profile's optimal batch.")
     ] = D.batch_size,
@@ -171,7 +180,7 @@ def export(
     setup_logging(verbose, quiet)
     cfg = config_from_cli(
         run_dir, domains, specialise, out, data_root, budget=budget, target=target, graph=graph, precision=precision,
-        round_to=round_to, gather_threshold=gather_threshold, batch_size=batch_size, max_batch=max_batch, opset=opset,
+        round_to=round_to, gather_threshold=gather_threshold, max_weights=max_weights, batch_size=batch_size, max_batch=max_batch, opset=opset,
         atol=atol, allow_mismatch=allow_mismatch, workspace_mb=workspace_mb, validation_images=validation_images,
     )  # fmt: skip
 

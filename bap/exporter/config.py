@@ -155,6 +155,11 @@ _RULES: tuple[tuple[Callable[[ExportConfig], bool], Callable[[ExportConfig], str
         "e.g. --atol 1e-4",
     ),
     (
+        lambda c: not c.max_weights > 0,
+        lambda c: f"--max-weights must be > 0 (a multiple of the backbone's weights), got {c.max_weights}",
+        "use e.g. --max-weights 1.0",
+    ),
+    (
         lambda c: not (0.0 <= c.gather_threshold <= 1.0),
         lambda c: f"--gather-threshold must be in [0, 1], got {c.gather_threshold}",
         "e.g. --gather-threshold 0.5",

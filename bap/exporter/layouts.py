@@ -27,7 +27,7 @@ from bap.core.metrics import backbone_size, param_bits
 from bap.core.multidomain import MultiDomainNet
 from bap.core.registry import Registry
 from bap.exporter.routed import DOMAIN, IMAGE, LOGITS, BranchConv, branch_convs, route_branches, routed_stats
-from bap.exporter.sharing import BranchSets, ConvInfo, choose_sharing, sharing_cost
+from bap.exporter.sharing import BranchSets, ConvInfo, SharingCost, SharingPlan, choose_sharing
 
 __all__ = [
     "LAYOUTS",
@@ -144,11 +144,17 @@ class Layout(Protocol):
 
 
 def resolve_layout(layout: str, target: str, shared_bn: bool, num_served: int) -> str:
-    """``auto`` -> ``routed`` for ONNX exports of per-domain methods with several domains, else ``tables``."""
+    """``auto`` -> ``shared`` for ONNX exports of per-domain methods with several domains, else ``tables``.
+
+    The rule: the fastest layout measured on ONNX Runtime CPU whose held weights fit ``--max-weights``. ``routed``
+    is fastest but holds every branch's weights; ``shared`` *is* the routed graph while that fits and stores
+    common blocks once, cheapest first, until it does; ``tables`` is leanest and slowest (RESULTS.md section 8).
+    TensorRT keeps ``tables`` until the others are measured on a GPU.
+    """
     if layout != "auto":
         LAYOUTS.get(layout)
         return layout
-    return "routed" if target == "onnx" and not shared_bn and num_served > 1 else "tables"
+    return "shared" if target == "onnx" and not shared_bn and num_served > 1 else "tables"
 
 
 def export_single(job: LayoutJob, net: torch.nn.Module) -> onnx.ModelProto:
@@ -239,41 +245,87 @@ def conv_infos(model: MultiDomainNet) -> list[ConvInfo]:
     return out
 
 
+@dataclass
+class _SharedState:
+    """What the ``shared`` layout decided in :meth:`SharedLayout.build` and refines in ``to_onnx``."""
+
+    infos: list[ConvInfo]
+    sets: list[dict[str, BranchSets]]
+    conv_weights: int  # the backbone's conv weights (the cost model's unit)
+    multiple: int
+    plan: SharingPlan
+    cost: SharingCost
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+
+
+# channel blocks of ONNX Runtime's blocked (NCHWc) convs on AVX-512; odd extras leave that layout (reorders)
+SHARED_MULTIPLE = 16
+
+
 @LAYOUTS.register("shared")
 class SharedLayout(RoutedLayout):
     """Routed branches whose common conv blocks are held once after loading (:mod:`.shared`, :mod:`.sharing`)."""
 
     # the BN a branch applies after a shared conv must not be folded into it (a copy per branch)
     ort_disabled_optimizers: ClassVar[tuple[str, ...]] = ("ConvBNFusion", "ConvMulFusion", "ConvAddFusion")
+    max_attempts: ClassVar[int] = 3
 
     def build(self, job: LayoutJob) -> Built:
-        """The routed branches, then the core/extras plan that fits ``max_weights`` x the backbone's weights."""
+        """The routed branches, then the core/extras plan the cost model expects to fit ``max_weights``."""
         built = super().build(job)
         infos = conv_infos(job.model)
         sets = [{n: BranchSets(bc.out_keep, bc.in_keep) for n, bc in b.convs.items()} for b in built.branches.values()]
-        backbone_w = sum(i.in_channels * i.out_channels * i.kernel_area for i in infos)
-        plan, cost = choose_sharing(infos, sets, job.max_weights, backbone_w, job.round_to)
-        routed_cost = sharing_cost(infos, sets, type(plan)(), job.round_to)
-        scale = job.size**2 / job.model.graph.input_size**2
-        built.macs = {n: int(m * scale) for n, m in zip(job.served, cost.macs, strict=True)}
-        bn = 2 * sum(len(bc.out_keep) for b in built.branches.values() for bc in b.convs.values())
-        built.params["loaded_params"] = cost.weights + bn
-        built.facts.update(sharing=plan.to_dict(), estimated_conv_weights=cost.weights,
-                           estimated_conv_weights_routed=routed_cost.weights)  # fmt: skip
-        built.plans = [b.net.plan for b in built.branches.values()]
-        self.plan, self.infos = plan, infos
+        conv_w = sum(i.in_channels * i.out_channels * i.kernel_area for i in infos)
+        multiple = max(job.round_to, SHARED_MULTIPLE)
+        target = job.max_weights * built.params["backbone_params"] / conv_w
+        plan, cost = choose_sharing(infos, sets, target, conv_w, multiple)
+        built.module = _SharedState(infos, sets, conv_w, multiple, plan, cost)
+        self._record(job, built)
         return built
 
+    @staticmethod
+    def _record(job: LayoutJob, built: Built) -> None:
+        st: _SharedState = built.module
+        scale = job.size**2 / job.model.graph.input_size**2
+        built.macs = {n: int(m * scale) for n, m in zip(job.served, st.cost.macs, strict=True)}
+        bn = 2 * sum(len(bc.out_keep) for b in built.branches.values() for bc in b.convs.values())
+        built.params["loaded_params"] = st.cost.weights + bn
+        built.facts.update(sharing=st.plan.to_dict(), estimated_conv_weights=st.cost.weights, fit=st.attempts)
+
     def to_onnx(self, job: LayoutJob, built: Built) -> onnx.ModelProto:
-        """Export every branch, then compose them with the shared blocks (:func:`.shared.share_branches`)."""
+        """Compose the branches with the shared blocks; re-plan leaner while ONNX Runtime holds too much.
+
+        The cost model counts conv weights only; what ONNX Runtime really holds (BN, heads, blocked-layout
+        padding) is measured on the composed model, and the conv target is lowered by the excess (at most
+        ``max_attempts`` compositions). ``facts["fit"]`` records every attempt.
+        """
+        import tempfile
+        from pathlib import Path
+
         from bap.exporter.onnx_io import clean_graph
         from bap.exporter.shared import share_branches
+        from bap.exporter.validate import held_weights
 
+        st: _SharedState = built.module
         for b in built.branches.values():
             b.proto = export_single(job, b.net)
         backbone = {c.name: job.model.body.get_submodule(c.name).weight.detach().numpy() for c in job.model.graph.convs}
         k = [job.model.heads.num_classes[r] for r in job.rows]
         branches = [built.branches[n] for n in job.served]
-        model = share_branches([b.proto for b in branches], [b.convs for b in branches], self.infos, self.plan,
-                               backbone, k, round_to=job.round_to)  # fmt: skip
-        return clean_graph(model, fold_constants=False)
+        limit = job.max_weights * built.params["backbone_params"]
+        target = st.cost.weights / st.conv_weights
+        for attempt in range(self.max_attempts):
+            model = share_branches([b.proto for b in branches], [b.convs for b in branches], st.infos, st.plan,
+                                   backbone, k, round_to=st.multiple)  # fmt: skip
+            model = clean_graph(model, fold_constants=False)
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "model.onnx"
+                onnx.save(model, str(path))
+                held = held_weights(path, self.ort_disabled_optimizers)
+            st.attempts.append({"conv_target": round(target, 4), "held": held, "limit": round(limit)})
+            if held <= limit or attempt == self.max_attempts - 1:
+                break
+            target -= 1.05 * (held - limit) / st.conv_weights
+            st.plan, st.cost = choose_sharing(st.infos, st.sets, target, st.conv_weights, st.multiple)
+        self._record(job, built)
+        return model

@@ -57,10 +57,17 @@ def _ort_vs_masked(out_dir, run_dir, suite, batch):
     return max(worst, float(np.abs(ref[fin] - out[fin]).max()))
 
 
-@pytest.mark.parametrize("layout", ["tables", "routed"])
+def _graph(layout: str) -> dict:
+    """Export settings of a layout under test: ``shared`` with a weight limit low enough that blocks are shared."""
+    return {"graph": layout, "max_weights": 0.5} if layout == "shared" else {"graph": layout}
+
+
+@pytest.mark.parametrize("layout", ["tables", "routed", "shared"])
 @pytest.mark.parametrize("backbone", ["test_cnn", "test_bottleneck"])
 @pytest.mark.parametrize("round_to, gather", [(1, 1.0), (8, 1.0), (1, 0.0), (8, 0.5)])
 def test_exported_model_equals_masked_model(tmp_path, backbone, round_to, gather, layout):
+    if layout == "shared" and (round_to, gather) not in ((1, 1.0), (8, 0.5)):
+        pytest.skip("shared: the default settings and the unrounded full gather cover its rewrite (suite time)")
     run_dir, suite = _synthetic_run(tmp_path, backbone)
     out = tmp_path / "exp"
     res = export(
@@ -70,7 +77,7 @@ def test_exported_model_equals_masked_model(tmp_path, backbone, round_to, gather
             round_to=round_to,
             gather_threshold=gather,
             validation_images=4,
-            graph=layout,
+            **_graph(layout),
         )
     )
     assert res.manifest.validation.passed and res.manifest.graph == layout
@@ -78,7 +85,10 @@ def test_exported_model_equals_masked_model(tmp_path, backbone, round_to, gather
         assert _ort_vs_masked(out, run_dir, suite, batch) <= 1e-4
     m = onnx.load(str(out / "model.onnx"))
     ops = {n.op_type for n in m.graph.node}
-    assert "If" not in ops and "BatchNormalization" not in ops and "Gather" in ops
+    assert "If" not in ops and "Gather" in ops
+    # per-sample BN is never a BatchNormalization; shared's static per-branch BN after a shared conv is one
+    sharing = res.manifest.graph_facts.get("sharing", {})
+    assert ("BatchNormalization" in ops) == bool(sharing.get("core_channels") or sharing.get("masked"))
     onnx.checker.check_model(str(out / "model.onnx"), full_check=True)
     if round_to == 8:
         for name, k in res.manifest.kept_channels.items():
@@ -87,12 +97,12 @@ def test_exported_model_equals_masked_model(tmp_path, backbone, round_to, gather
 
 # every registered backbone small enough for the CPU suite (as timm's tests run over list_models); the two tiny
 # ones above already cover the settings grid, the others get the measured default export settings
-@pytest.mark.parametrize("layout", ["tables", "routed"])
+@pytest.mark.parametrize("layout", ["tables", "routed", "shared"])
 @pytest.mark.parametrize("backbone", [b for b in cpu_sized_backbones() if b not in ("test_cnn", "test_bottleneck")])
 def test_every_registered_backbone_exports_equal_to_the_masked_model(tmp_path, backbone, layout):
     run_dir, suite = _synthetic_run(tmp_path, backbone, domains=("mnist", "textures"))
     out = tmp_path / "exp"
-    res = export(ExportConfig(run_dir=str(run_dir), out=str(out), validation_images=2, graph=layout, round_to=8))
+    res = export(ExportConfig(run_dir=str(run_dir), out=str(out), validation_images=2, round_to=8, **_graph(layout)))
     assert res.manifest.validation.passed and res.manifest.graph == layout
     assert _ort_vs_masked(out, run_dir, suite, 6) <= 1e-4
 
@@ -155,7 +165,7 @@ def test_manifest_round_trips_and_is_embedded(tiny_export):
         assert doc["validation"][d["name"]]["top1_agreement"] == 1.0
     names = [d["name"] for d in doc["domains"]]
     executed = doc["macs_executed"]
-    assert doc["graph"] == "routed"  # auto, for an ONNX export of a bap run serving several domains
+    assert doc["graph"] == "shared"  # auto, for an ONNX export of a bap run serving several domains
     # each sample runs its own domain's branch: its channels, plus rounding padding (round_to 8 may pad a
     # tiny test network's branch up to the backbone's width)
     assert all(doc["macs"]["backbone"] >= executed[n] >= doc["macs"][n] for n in names)
@@ -250,7 +260,7 @@ def test_routed_model_stores_each_weight_once(tmp_path):
 def test_auto_layout():
     from bap.exporter.layouts import LAYOUTS, resolve_layout
 
-    assert resolve_layout("auto", "onnx", shared_bn=False, num_served=3) == "routed"
+    assert resolve_layout("auto", "onnx", shared_bn=False, num_served=3) == "shared"
     assert resolve_layout("auto", "trt", shared_bn=False, num_served=3) == "tables"
     assert resolve_layout("auto", "onnx", shared_bn=True, num_served=3) == "tables"  # dgprune / feature
     assert resolve_layout("auto", "onnx", shared_bn=False, num_served=1) == "tables"

@@ -16,7 +16,7 @@ from bap.exporter.manifest import CheckResult, ValidationReport
 def test_every_layout_declares_its_contract():
     from bap.exporter.layouts import LAYOUTS, LayoutContract
 
-    assert set(LAYOUTS.names()) == {"tables", "routed"}
+    assert set(LAYOUTS.names()) == {"tables", "routed", "shared"}
     for name, cls in LAYOUTS.items():
         assert issubclass(cls, LayoutContract), name
         assert cls.inputs == ("image", "domain"), name
