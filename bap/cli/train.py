@@ -234,6 +234,16 @@ def train(
     dg_head: Annotated[
         str, typer.Option(help="dgprune: auto (shared head iff the label spaces agree), shared or per-domain.")
     ] = "auto",
+    dg_variance: Annotated[
+        str,
+        typer.Option(
+            help="dgprune: approx (the variance of the importance) or exact (the change in the risk's variance "
+            "across domains, 2 Cov + Var)."
+        ),
+    ] = "approx",
+    dg_score: Annotated[
+        str, typer.Option(help="dgprune: taylor (first-order loss change) or squared (its square, Molchanov 2019).")
+    ] = "taylor",
     round_to: Annotated[int, typer.Option(help="Channel rounding used for the MAC/param metrics (1, 8, 16, 32).")] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     amp: Annotated[bool, typer.Option(help="bfloat16 autocast on CUDA.")] = True,
@@ -286,6 +296,8 @@ def train(
         reference_errors=str(reference_errors) if reference_errors else None,
         dg_variance_weight=dg_variance_weight,
         dg_head=dg_head,
+        dg_variance=dg_variance,
+        dg_score=dg_score,
         round_to=round_to,
         pretrain_epochs=pretrain_epochs,
         pretrain_source=pretrain_source,

@@ -22,6 +22,8 @@ SHARING_LOSSES = ("intersection", "union", "jaccard")  # bap.trainer.objectives 
 PS_WEIGHTS = ("fixed", "learned")
 PROJECTIONS = ("lowest", "sharing")  # bap.trainer.finalize.project_to_budget_
 DOMAIN_SAMPLINGS = ("uniform", "proportional", "sqrt")  # bap.trainer.sampling
+DG_VARIANCE = ("approx", "exact")  # dgprune: Var_d(dL_d) alone, or 2 Cov_d(L_d, dL_d) + Var_d(dL_d)
+DG_SCORES = ("taylor", "squared")  # dgprune: first-order loss change, or its square (Molchanov et al. 2019)
 
 # paper settings (docs/design.md section 1; batch sizes and lambda_PS from the ICIAP 2023 paper); epochs are real
 # epochs there, so steps_per_epoch = 0 means "one pass". A preset never overrides a field given explicitly.
@@ -85,6 +87,14 @@ _INT_MINIMA = {"epochs": 1, "batch_size": 1, "steps_per_epoch": 0, "bn_recal_ima
                "dg_importance_batches": 1, "ps_ramp_epochs": 0}  # fmt: skip
 
 _RULES: tuple[_Rule, ...] = (
+    ("dg_variance", lambda v: v in DG_VARIANCE, "unknown dg_variance {v!r}", "use --dg-variance approx or exact"),
+    ("dg_score", lambda v: v in DG_SCORES, "unknown dg_score {v!r}", "use --dg-score taylor or squared"),
+    (
+        None,
+        lambda c: not (c.dg_variance == "exact" and c.dg_score == "squared"),
+        "--dg-variance exact is the change of the risk's variance: it needs --dg-score taylor",
+        "drop one of the two flags",
+    ),
     ("dg_head", lambda v: v in DG_HEADS, "unknown dg_head {v!r}", f"choose one of: {', '.join(DG_HEADS)} (--dg-head)"),
     ("budget_unit", lambda v: v in BUDGET_UNITS, "unknown budget unit {v!r}", "use --budget-unit switches or macs"),
     ("device", lambda v: v in DEVICES, "unknown device {v!r}", "use --device auto, cpu or cuda"),
@@ -192,6 +202,8 @@ class TrainConfig:
         pretrain_source: domain (or ``union``) the backbone is pretrained on when no weights are given; ``None``
             uses the data's default (``mnist`` for the embedded suite).
         dg_variance_weight: ``dgprune``: weight of the across-domain variance of the importance (0: plain Taylor).
+        dg_variance: ``dgprune``: ``approx`` (``Var_d(dL_d)``) or ``exact`` (``2 Cov_d(L_d, dL_d) + Var_d(dL_d)``).
+        dg_score: ``dgprune``: ``taylor`` (first-order loss change) or ``squared`` (its square).
         dg_head: ``dgprune``: ``auto`` (one shared head iff the label spaces agree), ``shared`` or ``per-domain``.
         dg_importance_batches: ``dgprune``: batches per domain used to score the channels at each pruning step.
         reference_errors: JSON file ``{domain: error}`` defining S (default: the embedded suite's own reference,
@@ -241,6 +253,8 @@ class TrainConfig:
     preset: str | None = None
     dg_variance_weight: float = 4.0
     dg_head: str = "auto"
+    dg_variance: str = "approx"
+    dg_score: str = "taylor"
     dg_importance_batches: int = 4
     reference_errors: str | None = None
     resume: bool = False

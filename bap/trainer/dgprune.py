@@ -61,8 +61,13 @@ def shared_head(domains: Sequence[Domain], mode: str) -> bool:
 
 
 def taylor_loss_increase(
-    model: MultiDomainNet, gate: torch.Tensor, batches: Sequence[Batch], head: int, row: int = 0
-) -> torch.Tensor:
+    model: MultiDomainNet,
+    gate: torch.Tensor,
+    batches: Sequence[Batch],
+    head: int,
+    row: int = 0,
+    with_loss: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, float]:
     """First-order estimate of the loss increase from zeroing each switch position, ``[M]``.
 
     ``L(g - g_k e_k) - L(g) ~ -g_k dL/dg_k``: positions already off (``g_k = 0``) get 0. The loss is the mean
@@ -72,27 +77,45 @@ def taylor_loss_increase(
         model: the masked network; ``row`` selects its normalisation / BN / switches row, ``head`` its classifier.
         gate: float ``[M]`` gates (the current binary mask).
         batches: ``(images, labels)`` pairs, images already normalised to the eval view.
+        with_loss: also return the loss itself (the exact risk-variance change needs it).
     """
     was = model.training
     model.eval()
     g = gate.detach().float().clone().requires_grad_(True)
     total = torch.zeros_like(g)
+    loss_sum = 0.0
     for x, y in batches:
         logits = model.heads(model.body(model.normalize(x, row), row, g), head)
-        (grad,) = torch.autograd.grad(F.cross_entropy(logits, y), g)
+        loss = F.cross_entropy(logits, y)
+        (grad,) = torch.autograd.grad(loss, g)
         total += grad
+        loss_sum += float(loss.detach())
     model.train(was)
-    return -(total / max(1, len(batches))) * gate.detach().float()
+    n = max(1, len(batches))
+    delta = -(total / n) * gate.detach().float()
+    return (delta, loss_sum / n) if with_loss else delta
 
 
-def dg_importance(delta: torch.Tensor, variance_weight: float, active: torch.Tensor | None = None) -> torch.Tensor:
-    """Domain-generalised importance ``mean_d + w * var_d / s`` of per-domain loss increases ``delta [D, M]``.
+def dg_importance(
+    delta: torch.Tensor,
+    variance_weight: float,
+    active: torch.Tensor | None = None,
+    losses: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Domain-generalised importance ``mean_d + w * dVar / s`` of per-domain loss increases ``delta [D, M]``.
 
-    ``s`` is the mean absolute mean over the ``active`` positions (all if ``None``); it makes ``w`` unitless.
-    A position that hurts one domain much more than another outranks one with the same mean and no spread.
+    ``dVar`` is the change in the across-domain variance of the risk when the position is removed. With the
+    per-domain losses ``losses [D]`` it is exact, ``Var_d(L_d + delta_d) - Var_d(L_d) = 2 Cov_d(L_d, delta_d) +
+    Var_d(delta_d)`` (``--dg-variance exact``); without them only ``Var_d(delta_d)`` (the default). ``s`` is the mean
+    absolute mean over the ``active`` positions (all if ``None``); it makes ``w`` unitless. A position that hurts one
+    domain much more than another outranks one with the same mean and no spread; with the exact change, also one
+    that hurts the domains that already do worst.
     """
     mean = delta.mean(0)
     var = delta.var(0, unbiased=False) if delta.shape[0] > 1 else torch.zeros_like(mean)
+    if losses is not None and delta.shape[0] > 1:
+        centred = (losses.to(delta.dtype) - losses.to(delta.dtype).mean()).unsqueeze(1)
+        var = var + 2.0 * (centred * (delta - mean)).mean(0)
     sel = mean if active is None else mean[active.bool()]
     scale = float(sel.abs().mean()) if sel.numel() else 1.0
     return mean + variance_weight * var / max(scale, 1e-12)
@@ -223,9 +246,15 @@ class DGPruneTask(_Task):
         return sum(self.ctx.graph.masked_macs(self.mask).values()) / self.total_macs
 
     def target(self, epoch: int) -> float:
-        """Relative MAC target after pruning at the start of ``epoch``: linear to beta, the last epoch only fine-tunes."""
-        n = max(1, self.ctx.cfg.epochs - 1)
-        return 1.0 - (1.0 - self.beta) * min(1.0, (epoch + 1) / n)
+        """Relative MAC target after pruning at the start of ``epoch``.
+
+        1.0 at the first epoch (nothing pruned: the heads, trained from scratch, learn before any channel is scored
+        through them), then linear to beta by the epoch before the last; the last epoch only fine-tunes.
+        """
+        if epoch == 0:
+            return 1.0
+        n = max(1, self.ctx.cfg.epochs - 2)
+        return 1.0 - (1.0 - self.beta) * min(1.0, epoch / n)
 
     @torch.no_grad()
     def _sync_(self) -> None:
@@ -245,18 +274,21 @@ class DGPruneTask(_Task):
             return
         mask = self.mask
         gate = mask.float().to(ctx.device)
-        delta = torch.stack(
-            [
-                taylor_loss_increase(
-                    self.model,
-                    gate,
-                    _eval_batches(dom, cfg.dg_importance_batches, cfg.batch_size, derive_seed(cfg.seed, d), ctx.device),
-                    self._head(d),
-                ).cpu()
-                for d, dom in enumerate(ctx.domains)
-            ]
-        )
-        scores = dg_importance(delta, cfg.dg_variance_weight, active=mask & self.prunable)
+        per_domain = [
+            taylor_loss_increase(
+                self.model,
+                gate,
+                _eval_batches(dom, cfg.dg_importance_batches, cfg.batch_size, derive_seed(cfg.seed, d), ctx.device),
+                self._head(d),
+                with_loss=True,
+            )
+            for d, dom in enumerate(ctx.domains)
+        ]
+        delta = torch.stack([dl.cpu() for dl, _ in per_domain])
+        if cfg.dg_score == "squared":  # Molchanov et al. 2019: the squared first-order term
+            delta = delta**2
+        losses = torch.tensor([loss for _, loss in per_domain]) if cfg.dg_variance == "exact" else None
+        scores = dg_importance(delta, cfg.dg_variance_weight, active=mask & self.prunable, losses=losses)
         new = prune_to_macs(ctx.graph, mask, scores, target * self.total_macs, self.prunable)
         self.model.switches.set_binary_(new.unsqueeze(0).expand(self.model.num_domains, -1))
         after = self.rel_macs()
@@ -349,6 +381,8 @@ class DGPruneTask(_Task):
             "val_accuracy": _accuracy_block(ctx, m, "val"),
             "criterion": {
                 "name": "taylor+variance" if cfg.dg_variance_weight > 0 else "taylor",
+                "score": cfg.dg_score,
+                "variance_change": cfg.dg_variance,
                 "variance_weight": cfg.dg_variance_weight,
                 "importance_batches": cfg.dg_importance_batches,
                 "head": "shared" if self.shared else "per-domain",
