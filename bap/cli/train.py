@@ -157,7 +157,8 @@ def train(
         str,
         typer.Option(
             help="After training, bring each domain onto its budget by switching off its lowest switches (lowest) "
-            "or the positions the fewest domains use first (sharing: frees positions for pruning)."
+            "or the positions the fewest domains use first (sharing: frees positions for pruning); swap: sharing, "
+            "then trade each domain's unique positions for ones all other domains use, at fixed usage."
         ),
     ] = "lowest",
     domain_sampling: Annotated[

@@ -20,7 +20,7 @@ BUDGET_UNITS = ("switches", "macs")
 DEVICES = ("auto", "cpu", "cuda")
 SHARING_LOSSES = ("intersection", "union", "jaccard")  # bap.trainer.objectives has the formulas
 PS_WEIGHTS = ("fixed", "learned")
-PROJECTIONS = ("lowest", "sharing")  # bap.trainer.finalize.project_to_budget_
+PROJECTIONS = ("lowest", "sharing", "swap")  # bap.trainer.finalize.project_to_budget_
 DOMAIN_SAMPLINGS = ("uniform", "proportional", "sqrt")  # bap.trainer.sampling
 DG_VARIANCE = ("approx", "exact")  # dgprune: Var_d(dL_d) alone, or 2 Cov_d(L_d, dL_d) + Var_d(dL_d)
 DG_SCORES = ("taylor", "squared")  # dgprune: first-order loss change, or its square (Molchanov et al. 2019)
@@ -106,7 +106,7 @@ _RULES: tuple[_Rule, ...] = (
         f"choose one of: {', '.join(SHARING_LOSSES)} (--sharing-loss)",
     ),
     ("ps_weight", lambda v: v in PS_WEIGHTS, "unknown ps_weight {v!r}", "use --ps-weight fixed or learned"),
-    ("projection", lambda v: v in PROJECTIONS, "unknown projection {v!r}", "use --projection lowest or sharing"),
+    ("projection", lambda v: v in PROJECTIONS, "unknown projection {v!r}", "use --projection lowest, sharing or swap"),
     (
         "domain_sampling",
         lambda v: v in DOMAIN_SAMPLINGS,
@@ -186,8 +186,9 @@ class TrainConfig:
             kept within [lambda_ps / 10, 10 lambda_ps]).
         ps_ramp_epochs: the sharing weight rises linearly from 0 (first epoch) to full at this epoch (0: no ramp).
         projection: how a domain above its budget after training is brought onto it: ``lowest`` (its lowest-``t``
-            switches) or ``sharing`` (the positions used by the fewest domains first; see
-            :func:`bap.trainer.finalize.project_to_budget_`).
+            switches), ``sharing`` (the positions used by the fewest domains first) or ``swap`` (``sharing``, then
+            each domain's unique positions traded for positions all other domains use, at fixed usage; see
+            :mod:`bap.trainer.finalize`).
         domain_sampling: batches per epoch of each domain: ``uniform`` (the same for all), ``proportional`` (to its
             training size: the paper's protocol) or ``sqrt``; multiplier steps are scaled to match (see
             :mod:`bap.trainer.sampling`).

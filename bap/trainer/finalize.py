@@ -3,8 +3,9 @@
 Switches keep flipping until the last step, so running BN statistics never match the final switches, and the
 hinge only pushes usage down while it is above beta, so the realised budget jitters around it. Both are fixed
 here (``docs/design.md`` section 1): a projection that switches off active switches of any domain above beta (the
-lowest-``t`` ones, or with ``--projection sharing`` those used by the fewest domains first), then each domain's BN statistics re-estimated with its final binary switches on shuffled training
-images. The re-estimation and the accuracy loop live in :mod:`bap.trainer.evaluation` (shared with ``dgprune``
+lowest-``t`` ones, or with ``--projection sharing`` those used by the fewest domains first; ``swap`` then also
+trades each domain's unique positions for positions all other domains use), then each domain's BN statistics
+re-estimated with its final binary switches on shuffled training images. The re-estimation and the accuracy loop live in :mod:`bap.trainer.evaluation` (shared with ``dgprune``
 and pretraining) and are re-exported here under their old names.
 """
 
@@ -17,12 +18,12 @@ import torch
 from bap.core.multidomain import MultiDomainNet
 from bap.trainer.evaluation import accuracy, recalibrate_bn_
 
-__all__ = ["PROJECTIONS", "evaluate", "project_to_budget_", "recalibrate_bn_"]
+__all__ = ["PROJECTIONS", "evaluate", "project_to_budget_", "recalibrate_bn_", "swap_to_shared_"]
 
 log = logging.getLogger(__name__)
 
 
-PROJECTIONS = ("lowest", "sharing")
+PROJECTIONS = ("lowest", "sharing", "swap")
 
 
 def _off_order(tt: torch.Tensor, active: torch.Tensor, count: torch.Tensor | None) -> torch.Tensor:
@@ -49,7 +50,8 @@ def project_to_budget_(
             used by the fewest domains first (lowest ``t`` among equals), so a domain gives up the positions only it
             uses, which frees them for pruning, and keeps the positions every domain uses (``|AND|``) unless nothing
             else is left. Domains are projected in index order and the counts are updated after each, so a
-            position another domain has just left counts one domain fewer.
+            position another domain has just left counts one domain fewer. ``swap``: ``sharing``, then
+            :func:`swap_to_shared_` (the swaps are not counted in the result).
 
     Returns:
         ``{domain index: switches turned off}`` (only domains that were above the budget).
@@ -57,7 +59,7 @@ def project_to_budget_(
     if mode not in PROJECTIONS:
         raise ValueError(f"unknown projection {mode!r}")
     w = weights.double().cpu()
-    count = model.switches.binary().cpu().sum(0) if mode == "sharing" else None
+    count = model.switches.binary().cpu().sum(0) if mode != "lowest" else None
     changed = {}
     for d, t in enumerate(model.switches.logits):
         tt = t.detach().cpu()
@@ -82,7 +84,51 @@ def project_to_budget_(
             float(((t.detach().cpu() > 0).double() * w).sum()),
             n,
         )
+    if mode == "swap":
+        swap_to_shared_(model, beta, weights)
     return changed
+
+
+@torch.no_grad()
+def swap_to_shared_(model: MultiDomainNet, beta: float, weights: torch.Tensor) -> dict[int, int]:
+    """Trade each domain's unique positions for positions every other domain uses, at fixed usage.
+
+    For domain ``d`` (in index order, counts updated after each): its positions no other domain uses, lowest ``t``
+    first, are paired with the positions every other domain uses and ``d`` does not, highest ``t`` first (those it
+    was closest to switching on); each pair is swapped while the domain's weighted usage stays within
+    ``max(beta, its usage)``. Every swap lowers ``|OR|`` by one position and raises ``|AND|`` by one.
+
+    Returns:
+        ``{domain index: pairs swapped}`` (domains with at least one swap).
+    """
+    w = weights.double().cpu()
+    on = model.switches.binary().cpu()
+    count = on.sum(0)
+    others_all = on.shape[0] - 1
+    done = {}
+    for d, t in enumerate(model.switches.logits):
+        tt = t.detach().cpu()
+        unique = torch.nonzero(on[d] & (count == 1)).flatten()
+        cand = torch.nonzero(~on[d] & (count == others_all)).flatten()
+        unique = unique[torch.argsort(tt[unique], stable=True)].tolist()
+        cand = cand[torch.argsort(tt[cand], descending=True, stable=True)].tolist()
+        usage = float((on[d].double() * w).sum())
+        limit = max(beta, usage) + 1e-12
+        n = 0
+        for u, c in zip(unique, cand, strict=False):
+            if usage - float(w[u]) + float(w[c]) > limit:
+                continue
+            usage += float(w[c]) - float(w[u])
+            on[d, u], on[d, c] = False, True
+            count[u] -= 1
+            count[c] += 1
+            t.data[u] = -t.data[u].abs().clamp_min(1e-6)
+            t.data[c] = t.data[c].abs().clamp_min(1e-6)
+            n += 1
+        if n:
+            done[d] = n
+            log.info("swap: domain %d traded %d unique positions for shared ones", d, n)
+    return done
 
 
 evaluate = accuracy  # the name callers of this module used before the one accuracy loop

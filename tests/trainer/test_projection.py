@@ -86,3 +86,34 @@ def test_mac_weighted_sharing_projection_bounds_compute():
     assert all(u <= 0.3 + 1e-9 for u in budget_usage(m.switches.binary(), w.double()))
     with pytest.raises(ValueError, match="unknown projection"):
         project_to_budget_(m, 0.3, w, "random")
+
+
+def test_swap_trades_a_unique_position_for_one_all_others_use_at_fixed_usage():
+    from bap.trainer.finalize import swap_to_shared_
+
+    t = [[0.005, 0.004, 0.001, -0.002, -0.5, -0.5], [0.005, -0.1, -0.1, 0.003, 0.002, -0.1],
+         [0.005, -0.1, -0.1, 0.003, -0.1, 0.002]]  # fmt: skip
+    m = _Switches(t)
+    w = torch.full((6,), 1 / 6)
+    before = budget_usage(m.switches.binary(), w.double())
+    assert swap_to_shared_(m, 0.5, w) == {0: 1}
+    on = m.switches.binary()
+    # domain 0's lowest unique position (2) went for position 3, which both others use; 1 (t 0.004) stays
+    assert on[0].tolist() == [True, True, False, True, False, False]
+    assert sharing_fractions(on) == pytest.approx((2 / 6, 5 / 6))  # |AND| 1 -> 2, |OR| 6 -> 5
+    assert torch.equal(budget_usage(on, w.double()), before)
+    assert swap_to_shared_(m, 0.5, w) == {}  # nothing left to trade
+
+
+def test_swap_projection_holds_the_budget_and_shares_at_least_as_much_as_sharing():
+    g = torch.Generator().manual_seed(7)
+    base = torch.randn(4, 300, generator=g) * 1e-3 + 5e-4
+    w = torch.full((300,), 1 / 300)
+    res = {}
+    for mode in ("sharing", "swap"):
+        m = _Switches(base.tolist())
+        project_to_budget_(m, 0.4, w, mode)
+        on = m.switches.binary()
+        assert all(u <= 0.4 + 1e-9 for u in budget_usage(on, w.double()).tolist())
+        res[mode] = sharing_fractions(on)
+    assert res["swap"][0] > res["sharing"][0] and res["swap"][1] < res["sharing"][1]
