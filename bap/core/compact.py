@@ -43,6 +43,7 @@ __all__ = [
     "build_compact",
     "build_specialised",
     "count_conv_macs",
+    "domain_guard",
     "net_macs",
     "plan_channels",
 ]
@@ -274,15 +275,54 @@ class _PlannedNet(nn.Module):
 
 
 class CompactNet(_PlannedNet):
-    """The compact multi-domain network: ``(image [B,3,H,W] in [0,1], domain int64 [B]) -> logits [B, K_max]``."""
+    """The compact multi-domain network: ``(image [B,3,H,W] in [0,1], domain int64 [B]) -> logits [B, K_max]``.
+
+    With a ``domain`` tensor, an image whose id is outside ``[0, D)`` gets a row of NaN (its gathers read row 0,
+    which is then discarded), and every row is NaN when ``domain``'s length differs from the batch
+    (:func:`domain_guard`); valid rows are computed exactly as without the guard.
+    """
 
     def features(self, image: torch.Tensor, domain: int | torch.Tensor) -> torch.Tensor:
-        """Pooled features."""
-        return self.body(self.input(image, domain), domain)
+        """Pooled features (NaN rows for invalid ids, as in :meth:`forward`)."""
+        if isinstance(domain, int):
+            return self._features(image, domain)
+        index, valid = domain_guard(image, domain, len(self.plan.domains))
+        return _nan_rows(self._features(image, index), valid)
 
     def forward(self, image: torch.Tensor, domain: int | torch.Tensor) -> torch.Tensor:
         """Logits padded to ``K_max``."""
-        return self.head(self.features(image, domain), domain)
+        if isinstance(domain, int):
+            return self.head(self._features(image, domain), domain)
+        index, valid = domain_guard(image, domain, len(self.plan.domains))
+        return _nan_rows(self.head(self._features(image, index), index), valid)
+
+    def _features(self, image: torch.Tensor, domain: int | torch.Tensor) -> torch.Tensor:
+        return self.body(self.input(image, domain), domain)
+
+
+def domain_guard(image: torch.Tensor, domain: torch.Tensor, num_domains: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image of the batch: the table row its gathers read, and whether its domain id is valid.
+
+    An id is valid when it lies in ``[0, num_domains)`` and ``domain`` has one id per image. Invalid ids read row 0
+    (ONNX ``Gather`` would wrap a negative id to another domain, or fail on one past the end), so the caller must
+    discard their rows (:func:`_nan_rows`). When ``len(domain) != len(image)`` the index still has one entry per
+    image (``domain`` is padded or cut to the batch) and every row is invalid. Traced, this is a handful of shape
+    and elementwise ops with the lengths compared at run time (no ``If``); valid ids pass through unchanged.
+
+    Returns:
+        ``(index int64 [B], valid bool [B])``.
+    """
+    rows = image.shape[0]
+    pad = torch.zeros(rows, dtype=domain.dtype, device=domain.device)
+    ids = torch.cat([domain, pad])[:rows]  # == domain when the lengths agree
+    same = torch._shape_as_tensor(domain) == torch._shape_as_tensor(image)[:1]  # [1], dynamic when traced
+    valid = (ids > -1) & (ids < num_domains) & same  # not >=: GreaterOrEqual is outside TensorRT's list
+    return torch.where(valid, ids, 0), valid
+
+
+def _nan_rows(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``x [B, ...]`` with the rows where ``valid`` is false replaced by NaN (the others passed through exactly)."""
+    return torch.where(valid.view(-1, *([1] * (x.dim() - 1))), x, math.nan)
 
 
 class SpecialisedNet(_PlannedNet):

@@ -17,9 +17,11 @@ weights bit for bit (an fp16 export derives them in fp16, within fp16 tolerance)
 load time, so the file stays as small as the tables layout while memory at run time holds every branch's folded
 weights (``params.loaded`` in the manifest).
 
-Contract of the ``domain`` input: one id per image, each in ``[0, D)``. An image whose id matches no branch gets a
-row of NaN (not the ``-inf`` padding), so a wrong id cannot pass for a prediction; ``bap.runtime`` refuses such
-ids before running. All functions here are pure over ``ModelProto`` and numpy arrays.
+Contract of the ``domain`` input: one id per image, each in ``[0, D)``. An image whose id matches no branch (negative,
+or ``>= D``) gets a row of NaN (not the ``-inf`` padding), so a wrong id cannot pass for a prediction; a ``domain``
+whose length differs from the image batch makes every row NaN (:func:`domain_guard`: without it, the routing would
+pair ids with the wrong images or fail). ``bap.runtime`` refuses both before running. All functions here are pure
+over ``ModelProto`` and numpy arrays.
 """
 
 from __future__ import annotations
@@ -37,15 +39,19 @@ __all__ = [
     "DOMAIN",
     "IMAGE",
     "LOGITS",
+    "ROUTE_DOMAIN",
     "BranchConv",
     "RoutedStats",
     "branch_convs",
+    "domain_guard",
     "route_branches",
     "routed_stats",
     "union_channels",
 ]
 
 IMAGE, DOMAIN, LOGITS = "image", "domain", "logits"  # the graph's inputs and output (its contract)
+ROUTE_DOMAIN = "route/domain"  # the ids branches select on: ``domain``, or -1 everywhere if its length is wrong
+NO_DOMAIN = -1  # an id no branch matches (its image keeps its NaN row)
 
 
 @dataclass(frozen=True)
@@ -181,7 +187,8 @@ def route_branches(
 
     Returns:
         The model: ``image``, ``domain int64 [B]`` -> ``logits [B, K_max]``, ``-inf`` beyond each domain's classes,
-        NaN rows for ids that match no branch.
+        NaN rows for ids that match no branch (outside ``[0, D)``), and NaN in every row when ``domain``'s length
+        differs from the image batch (:func:`domain_guard`).
 
     Raises:
         ExportError: a branch's weights cannot be derived exactly from the shared tensors.
@@ -229,8 +236,43 @@ class _SharedWeights:
         return next((n for n in self.channels if self.weight_name.format(n) == initializer), None)
 
 
-def _prologue(k_max: int) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
-    """Routing prologue: one NaN row per image, overwritten by the branch its domain id selects."""
+def domain_guard(
+    batch: str, domain: str = DOMAIN, out: str = ROUTE_DOMAIN, prefix: str = "route/guard/"
+) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """Nodes computing ``out`` int64 ``[B]``: ``domain`` when it has one id per image, else ``-1`` for every image.
+
+    Routing on ``out`` instead of ``domain`` turns a ``domain`` whose length differs from the batch into NaN rows
+    (no branch matches ``-1``) instead of ids paired with the wrong images, or a failed ``Gather``. The length is
+    compared at run time: ``Where(Shape(domain) == batch, Slice(Concat(domain, -1s), 0, B), -1s)``, no ``If``.
+
+    Args:
+        batch: name of an int64 ``[1]`` tensor holding the image batch size ``B`` (``route/batch`` of
+            :func:`_prologue`).
+        domain: the ids as the graph takes them.
+        out: the name of the guarded ids.
+        prefix: prefix of the nodes and initializers made here.
+    """
+    inits = [_const(f"{prefix}start", np.array([0], np.int64))]
+    none = helper.make_tensor(f"{prefix}none_value", TensorProto.INT64, [1], [NO_DOMAIN])
+    nodes = [
+        helper.make_node("ConstantOfShape", [batch], [f"{prefix}none"], value=none, name=f"{prefix}none"),  # [B]
+        helper.make_node("Concat", [domain, f"{prefix}none"], [f"{prefix}padded"], axis=0, name=f"{prefix}pad"),
+        helper.make_node(
+            "Slice", [f"{prefix}padded", f"{prefix}start", batch], [f"{prefix}ids"], name=f"{prefix}cut"
+        ),  # [B]: domain itself when the lengths agree
+        helper.make_node("Shape", [domain], [f"{prefix}length"], name=f"{prefix}length"),
+        helper.make_node("Equal", [f"{prefix}length", batch], [f"{prefix}same"], name=f"{prefix}same"),  # [1]
+        helper.make_node("Where", [f"{prefix}same", f"{prefix}ids", f"{prefix}none"], [out], name=f"{prefix}where"),
+    ]
+    return nodes, inits
+
+
+def _prologue(k_max: int, guard: bool = True) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """Routing prologue: one NaN row per image, overwritten by the branch its domain id selects.
+
+    With ``guard`` (the default) it also computes :data:`ROUTE_DOMAIN` (:func:`domain_guard`), the ids
+    :func:`_select` routes on by default.
+    """
     inits = [
         _const("route/nan_row", np.full((1, k_max), np.nan, np.float32)),
         _const("route/k", np.array([k_max], np.int64)),
@@ -246,14 +288,21 @@ def _prologue(k_max: int) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
         helper.make_node("Concat", ["route/batch", "route/k"], ["route/out_shape"], axis=0, name="route/concat"),
         helper.make_node("Expand", ["route/nan_row", "route/out_shape"], ["route/acc0"], name="route/init"),
     ]
+    if guard:
+        g_nodes, g_inits = domain_guard("route/batch")
+        nodes += g_nodes
+        inits += g_inits
     return nodes, inits
 
 
-def _select(d: int) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
-    """Branch ``d``'s rows of the batch: ``Equal(domain, d) -> NonZero -> Gather(image)``."""
+def _select(d: int, domain: str = ROUTE_DOMAIN) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """Branch ``d``'s rows of the batch: ``Equal(domain, d) -> NonZero -> Gather(image)``.
+
+    ``domain`` is the guarded ids of :func:`_prologue` by default; pass :data:`DOMAIN` after ``_prologue(k, guard=False)``.
+    """
     p = f"d{d}/"
     nodes = [
-        helper.make_node("Equal", [DOMAIN, f"{p}id"], [f"{p}mask"], name=f"{p}equal"),
+        helper.make_node("Equal", [domain, f"{p}id"], [f"{p}mask"], name=f"{p}equal"),
         helper.make_node("NonZero", [f"{p}mask"], [f"{p}nz"], name=f"{p}nonzero"),  # [1, k]
         helper.make_node("Transpose", [f"{p}nz"], [f"{p}rows2"], perm=[1, 0], name=f"{p}rows2"),  # [k, 1]
         helper.make_node("Reshape", [f"{p}rows2", "route/flat"], [f"{p}rows"], name=f"{p}rows"),  # [k]

@@ -176,12 +176,22 @@ class Model:
         raise InputError(f"domain {domain!r} is not a name or an integer id", f"use one of {self.domains}")
 
     def domain_ids(self, domains: str | int | Sequence[str | int] | np.ndarray, n: int) -> np.ndarray:
-        """One int64 id per sample (a single name / id is broadcast)."""
+        """One int64 id per sample (a single name / id is broadcast).
+
+        Raises:
+            InputError: an unknown name, an id outside ``[0, D)``, or a sequence whose length is not ``n`` (for
+                the last two, the graph itself would return NaN rows: ``docs/design.md`` section 3).
+        """
+        domains = _as_numpy(domains)  # a torch tensor of ids, like a tensor batch
         if isinstance(domains, (str, bytes)) or np.ndim(domains) == 0:
-            return np.full(n, self.domain_index(domains), dtype=np.int64)
+            one = domains.item() if isinstance(domains, np.ndarray) else domains  # a 0-d array is its one id
+            return np.full(n, self.domain_index(one), dtype=np.int64)
         seq = list(np.asarray(domains).tolist()) if isinstance(domains, np.ndarray) else list(domains)
         if len(seq) != n:
-            raise InputError(f"{len(seq)} domains for {n} samples", "pass one domain, or one per sample")
+            raise InputError(
+                f"{len(seq)} domains for {n} samples",
+                f"pass one domain for the whole batch, or exactly one per sample ({n})",
+            )
         return np.array([self.domain_index(d) for d in seq], dtype=np.int64)
 
     def input_size(self, domain: str | int) -> int:
