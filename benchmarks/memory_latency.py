@@ -56,7 +56,8 @@ SMOKE = dict(backbone="cifar_resnet14", size=64, duration_s=0.5, warmup_s=0.2, t
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--layouts", default="routed,tables,shared", help="graph layouts (--graph) to export and time")
+    p.add_argument("--layouts", default="shared,routed,tables,shared@1.5",
+                   help="graph layouts (--graph) to export and time; LAYOUT@X exports with --max-weights X")  # fmt: skip
     p.add_argument("--domains-sets", default="5,10", help="which runs: 5 (embedded suite) and/or 10 (plus derived)")
     p.add_argument("--backbone", default=None, help="default resnet50 (cifar_resnet14 with --smoke)")
     p.add_argument("--budget", type=float, default=0.5)
@@ -118,11 +119,13 @@ def export_layouts(a: argparse.Namespace, n: int, run_dir: Path) -> tuple[dict[s
     skipped: dict[str, str] = {}
     seconds: dict[str, float] = {}
     extra = {} if a.max_weights is None else {"max_weights": a.max_weights}
-    for layout in a.layouts:
-        if layout not in LAYOUTS:
+    for layout in a.layouts:  # LAYOUT or LAYOUT@MAX_WEIGHTS (a frontier point of --max-weights)
+        graph, _, limit = layout.partition("@")
+        if graph not in LAYOUTS:
             skipped[layout] = f"not a registered graph layout (known: {', '.join(LAYOUTS.names())})"
             print(f"note: skipping layout {layout!r}: {skipped[layout]}")
             continue
+        this = {**extra, "max_weights": float(limit)} if limit else extra
         out = a.work / f"export{n}-{layout}"
         if a.reuse and (out / "manifest.json").is_file():
             outs[layout] = out
@@ -131,8 +134,8 @@ def export_layouts(a: argparse.Namespace, n: int, run_dir: Path) -> tuple[dict[s
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.time()
         try:
-            res = export(ExportConfig(run_dir=str(run_dir), budget=a.budget, out=str(out), graph=layout,
-                                      validation_images=a.validation_images, **extra))  # fmt: skip
+            res = export(ExportConfig(run_dir=str(run_dir), budget=a.budget, out=str(out), graph=graph,
+                                      validation_images=a.validation_images, **this))  # fmt: skip
         except Exception as e:  # a layout being written may fail: the others are still measured
             skipped[layout] = f"export failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
             print(f"note: skipping layout {layout!r}: {skipped[layout]}")
@@ -204,13 +207,18 @@ def measure(a: argparse.Namespace, n: int, outs: dict[str, Path]) -> dict[str, A
                             compare=tuple(str(o) for o in others)))  # fmt: skip
     for r in failures(doc):
         print(f"note: {n} domains, {r['role']} at batch {r['batch']} failed: {r['error']}")
-    by_dir = {p.resolve().name: k for k, p in outs.items()}
+    # the bench labels a compared export by its graph, by its directory when that graph was already taken
+    compare_label: dict[str, str] = {}
+    for k in layouts[1:]:
+        label = read_manifest(outs[k]).graph or outs[k].resolve().name
+        if label in compare_label:
+            label = f"{outs[k].resolve().parent.name}/{outs[k].resolve().name}"
+        compare_label[label] = k
 
     def layout_of(role: str) -> str:
         if role in ("multi-domain", "backbone"):
             return layouts[0] if role == "multi-domain" else "backbone"
-        tail = role.split(":", 1)[1]
-        return by_dir[tail.split("/")[-1]] if "/" in tail else tail
+        return compare_label[role.split(":", 1)[1]]
 
     res = {(layout_of(r["role"]), r["batch"]): r for r in doc["results"]}
     rat = {(layout_of(q["role"]), q["batch"]): q for q in doc["ratios"]}

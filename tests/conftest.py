@@ -85,12 +85,20 @@ def tiny_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_export(tiny_run, tmp_path_factory):
-    """The tiny run's budget 0.5 exported (with every specialised model)."""
+    """The tiny run's budget 0.5 exported (with every specialised model) as the ``routed`` graph.
+
+    Routed, not the default: these tests check the bench and manifest against the specialised models, whose MACs
+    a routed branch executes exactly; the default ``shared`` layout has its own tests (``test_shared_layout.py``).
+    """
     from bap.exporter import ExportConfig, export
 
     run_dir, _ = tiny_run
     out = tmp_path_factory.mktemp("exports") / "tiny"
-    res = export(ExportConfig(run_dir=str(run_dir), budget=0.5, out=str(out), specialise=("all",), validation_images=8))
+    res = export(
+        ExportConfig(
+            run_dir=str(run_dir), budget=0.5, out=str(out), specialise=("all",), validation_images=8, graph="routed"
+        )
+    )
     return out, res
 
 

@@ -17,6 +17,7 @@ backbone's, using the plan's exact channel sets. All functions are pure over cha
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -107,7 +108,8 @@ def core_channels(keeps: Sequence[Sequence[int]], m: int, total: int, round_to: 
     return tuple(sorted(core + rest[: target - len(core)]))
 
 
-def _extras(keep: Sequence[int], core: Sequence[int], round_to: int) -> int:
+@functools.lru_cache(maxsize=65536)  # the greedy asks the same (keep, core) pairs for every candidate
+def _extras(keep: tuple[int, ...], core: tuple[int, ...], round_to: int) -> int:
     n = len(set(keep) - set(core))
     return _round(n, round_to)
 
@@ -129,13 +131,13 @@ def sharing_cost(
             bs = b[c.name]
             ins = len(bs.in_keep)
             if core_out is not None:
-                co, eo = len(core_out), _extras(bs.out_keep, core_out, round_to)
+                co, eo = len(core_out), _extras(tuple(bs.out_keep), core_out, round_to)
             elif c.consumer is None:  # full-width output: every branch writes every row
                 co, eo = c.out_channels, 0
             else:
                 co, eo = 0, len(bs.out_keep)
             if core_in is not None:
-                ci, ei = len(core_in), _extras(bs.in_keep, core_in, round_to)
+                ci, ei = len(core_in), _extras(tuple(bs.in_keep), core_in, round_to)
                 if d == 0:
                     weights += co * ci * per  # the shared block, held once
                 weights += (co * ei + eo * (ci + ei)) * per

@@ -165,7 +165,7 @@ def test_manifest_round_trips_and_is_embedded(tiny_export):
         assert doc["validation"][d["name"]]["top1_agreement"] == 1.0
     names = [d["name"] for d in doc["domains"]]
     executed = doc["macs_executed"]
-    assert doc["graph"] == "shared"  # auto, for an ONNX export of a bap run serving several domains
+    assert doc["graph"] == "routed"  # the fixture's explicit layout (auto's choice: test_auto_layout)
     # each sample runs its own domain's branch: its channels, plus rounding padding (round_to 8 may pad a
     # tiny test network's branch up to the backbone's width)
     assert all(doc["macs"]["backbone"] >= executed[n] >= doc["macs"][n] for n in names)
