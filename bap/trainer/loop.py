@@ -298,7 +298,8 @@ def _train_budget(ctx: TaskContext, run: RunDir, beta: float, cb, stop: threadin
     counts = _schedule(ctx)
     task.on_schedule(counts)
     start_epoch, start_step, elapsed = _resume_point(run, task, cfg, key)
-    metrics = [r for r in run.read_metrics() if not (r.get("budget") == key and r.get("epoch", 0) >= start_epoch)]
+    # rows count epochs from 1: the row of epoch start_epoch (1-based) is the last completed one and stays
+    metrics = [r for r in run.read_metrics() if not (r.get("budget") == key and r.get("epoch", 0) > start_epoch)]
 
     def save(epoch: int, step: int) -> None:
         if dist.is_main:

@@ -92,14 +92,13 @@ class _Count:
         pass
 
 
-def test_a_proportional_run_gives_each_domain_its_share(tmp_path):
+def _tiny_data(tmp_path):
     import numpy as np
     import torch
     from PIL import Image
 
     from bap.core.io import save_state_dict
     from bap.models import create_backbone
-    from bap.trainer import train
 
     rng = np.random.default_rng(0)
     for d, n_train in (("big", 24), ("small", 6)):
@@ -111,11 +110,53 @@ def test_a_proportional_run_gives_each_domain_its_share(tmp_path):
                     Image.fromarray(img).save(tmp_path / "data" / d / split / c / f"{i}.png")
     torch.manual_seed(0)
     save_state_dict(tmp_path / "w.safetensors", create_backbone("test_cnn").state_dict(), {"backbone": "test_cnn"})
-    cfg = TrainConfig(out=str(tmp_path / "run"), backbone="test_cnn", data_root=str(tmp_path / "data"),
-                      weights=str(tmp_path / "w.safetensors"), budgets=(0.5,), epochs=2, steps_per_epoch=5,
-                      batch_size=4, bn_recal_images=8, domain_sampling="proportional", quiet=True)  # fmt: skip
+    return dict(backbone="test_cnn", data_root=str(tmp_path / "data"), weights=str(tmp_path / "w.safetensors"),
+                budgets=(0.5,), epochs=2, steps_per_epoch=5, batch_size=4, bn_recal_images=8,
+                domain_sampling="proportional", quiet=True)  # fmt: skip
+
+
+def test_a_proportional_run_gives_each_domain_its_share(tmp_path):
+    from bap.trainer import train
+
     cb = _Count()
-    run = train(cfg, cb)["runs"][0]
+    run = train(TrainConfig(out=str(tmp_path / "run"), **_tiny_data(tmp_path)), cb)["runs"][0]
     assert run["domain_sampling"] == {"mode": "proportional", "steps_per_epoch": {"big": 8, "small": 2}}
     assert cb.total == cb.steps == 2 * 10  # 10 batches per epoch, shared 24 : 6
     assert all(u <= 0.5 + 1e-9 for u in run["active_fraction"].values())
+
+
+class _StopAt(_Count):
+    """Sends SIGINT after ``n`` steps (as Ctrl-C would)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n = n
+
+    def on_advance(self, n=1, **k):
+        import signal
+
+        super().on_advance(n, **k)
+        if self.steps == self.n:
+            signal.raise_signal(signal.SIGINT)
+
+
+def test_an_interrupted_proportional_run_resumes_exactly_and_keeps_one_metrics_row_per_epoch(tmp_path):
+    import json
+
+    import torch
+
+    from bap.core.io import load_state_dict
+    from bap.errors import TrainingInterrupted
+    from bap.trainer import train
+
+    kw = _tiny_data(tmp_path)
+    ref = train(TrainConfig(out=str(tmp_path / "ref"), **kw))["runs"][0]
+    with pytest.raises(TrainingInterrupted):
+        train(TrainConfig(out=str(tmp_path / "cut"), **kw), _StopAt(10 + 4))  # epoch 2, after round 2 of 5
+    cont = train(TrainConfig(out=str(tmp_path / "cut"), resume=True, quiet=True))["runs"][0]
+    assert cont["accuracy"] == ref["accuracy"] and cont["and_fraction"] == ref["and_fraction"]
+    a = load_state_dict(tmp_path / "ref" / "budgets" / "0.5" / "state.safetensors")
+    b = load_state_dict(tmp_path / "cut" / "budgets" / "0.5" / "state.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]  # the completed epoch's row survives the resume
