@@ -202,7 +202,8 @@ def test_summary_without_gather_threshold_says_export_settings(tiny_run, tiny_ex
     assert code == 0, err
     flat = " ".join(out.split())
     assert "export settings (round-to" in flat and "export defaults" not in flat and "gather" not in flat, out
-    _edit_manifest(exp, lambda d: d["export_config"].update(gather_threshold=0.5))  # the defaults again
+    # the defaults again (the fixture exports --graph routed explicitly; the default is auto)
+    _edit_manifest(exp, lambda d: d["export_config"].update(gather_threshold=0.5, graph="auto"))
     code, out, err, _ = run_cli(["summary", "--run", tiny_run[0], "--export", exp, "--bench", bench])
     assert code == 0 and "export defaults (round-to 8, gather threshold 0.5)" in " ".join(out.split()), out
 
