@@ -150,6 +150,13 @@ def train(
         str,
         typer.Option(help="fixed (--lambda-ps) or learned (starts at --lambda-ps, learned within x0.1..x10 of it)."),
     ] = "fixed",
+    union_softness: Annotated[
+        float,
+        typer.Option(
+            help="union/jaccard: each other domain's switch counts as 1 - q in the relaxed union, so a position c "
+            "other domains use is pushed off with strength q^c (0: exact, only positions no other domain uses)."
+        ),
+    ] = 0.5,
     ps_ramp_epochs: Annotated[
         int, typer.Option(help="Raise the sharing weight linearly from 0 to full over this many epochs (0: none).")
     ] = 0,
@@ -290,6 +297,7 @@ def train(
         sharing_loss=sharing_loss,
         ps_weight=ps_weight,
         ps_ramp_epochs=ps_ramp_epochs,
+        union_softness=union_softness,
         projection=projection,
         domain_sampling=domain_sampling,
         lambda_lr=lambda_lr,

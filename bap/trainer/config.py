@@ -106,6 +106,12 @@ _RULES: tuple[_Rule, ...] = (
         f"choose one of: {', '.join(SHARING_LOSSES)} (--sharing-loss)",
     ),
     ("ps_weight", lambda v: v in PS_WEIGHTS, "unknown ps_weight {v!r}", "use --ps-weight fixed or learned"),
+    (
+        "union_softness",
+        lambda v: _is_number(v) and 0 <= v < 1,
+        "union_softness must be in [0, 1), got {v!r}",
+        "fix --union-softness (0: the exact union)",
+    ),
     ("projection", lambda v: v in PROJECTIONS, "unknown projection {v!r}", "use --projection lowest, sharing or swap"),
     (
         "domain_sampling",
@@ -184,6 +190,9 @@ class TrainConfig:
             in our forms: see :mod:`bap.trainer.objectives`).
         ps_weight: ``fixed`` (``lambda_ps``) or ``learned`` (``lambda_ps * exp(-rho)``, ``rho`` learned, the weight
             kept within [lambda_ps / 10, 10 lambda_ps]).
+        union_softness: ``q`` of the relaxed ``|OR|`` of the union and Jaccard losses: each other domain's switch
+            counts as ``1 - q``, so a position used by ``c`` other domains is pushed off with strength ``q ** c``
+            (0: the exact union, which pushes off only the positions no other domain uses).
         ps_ramp_epochs: the sharing weight rises linearly from 0 (first epoch) to full at this epoch (0: no ramp).
         projection: how a domain above its budget after training is brought onto it: ``lowest`` (its lowest-``t``
             switches), ``sharing`` (the positions used by the fewest domains first) or ``swap`` (``sharing``, then
@@ -242,6 +251,7 @@ class TrainConfig:
     sharing_loss: str = "intersection"
     ps_weight: str = "fixed"
     ps_ramp_epochs: int = 0
+    union_softness: float = 0.5
     projection: str = "lowest"
     domain_sampling: str = "uniform"
     lambda_lr: float | None = None

@@ -228,8 +228,9 @@ class SwitchTask(_Task):
     def step(self, d: int, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Forward + backward of one batch of domain ``d``; the multiplier is updated by the loop's callback."""
         self.model.train()
+        cfg = self.ctx.cfg
         out = switch_step_losses(self.model, x, y, d, self.beta, self.lambdas[d], self.weights, self.lambda_ps(d),
-                                 self.ctx.cfg.sharing_loss, self.rho)  # fmt: skip
+                                 cfg.sharing_loss, self.rho, cfg.union_softness)  # fmt: skip
         out["loss"].backward()
         return {k: float(v.detach()) for k, v in out.items() if k != "logits"}
 
@@ -330,7 +331,8 @@ class SwitchTask(_Task):
         }
         if self.uses_sharing_loss:
             res["sharing"] = {"loss": ctx.cfg.sharing_loss, "weight": ctx.cfg.ps_weight,
-                              "ramp_epochs": ctx.cfg.ps_ramp_epochs, "final_weight": self.sharing_weight()}  # fmt: skip
+                              "ramp_epochs": ctx.cfg.ps_ramp_epochs, "union_softness": ctx.cfg.union_softness,
+                              "final_weight": self.sharing_weight()}  # fmt: skip
         m_cpu = copy.deepcopy(m).cpu()
         res.update(
             structure_metrics(

@@ -176,3 +176,29 @@ def test_sharing_options_are_validated():
         TrainConfig(ps_weight="auto")
     with pytest.raises(ConfigError, match="ps_ramp_epochs"):
         TrainConfig(ps_ramp_epochs=-1)
+    with pytest.raises(ConfigError, match="union_softness"):
+        TrainConfig(union_softness=1.0)
+
+
+@pytest.mark.parametrize("q", [0.5, 0.8])
+def test_relaxed_union_pushes_off_positions_in_proportion_to_how_few_others_use_them(q):
+    m, g, on = _net()
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    w = torch.full((g.num_switches,), 1.0 / g.num_switches)
+    grads = []
+    for lam in (0.0, 1.0):
+        m.zero_grad()
+        out = switch_step_losses(m, x, y, 0, 0.5, 0.0, w, lam, "union", None, q)
+        out["loss"].backward()
+        grads.append(m.switches.logits[0].grad.clone())
+    s0, others = on[0].float(), on[1:].float()
+    c = others.sum(0)  # how many other domains use each position
+    relaxed = (w * (1 - (1 - s0) * q**c)).sum()
+    assert float(relaxed) > 0.5  # the hinge is active
+    push = grads[1] - grads[0]
+    assert torch.allclose(push, w * q**c / 0.5, atol=1e-7)
+    # graded: the fewer other domains use a position, the harder this domain is pushed off it
+    means = [float(push[c == k].mean()) for k in range(3) if bool((c == k).any())]
+    assert means == sorted(means, reverse=True) and len(means) >= 2
+    exact = (w * (1 - (1 - s0) * (1 - others).prod(0))).sum()
+    assert float(out["or"]) == pytest.approx(float(exact))  # the logged |OR| is exact
