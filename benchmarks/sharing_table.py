@@ -27,22 +27,31 @@ TODAY = "today"
 # variant -> the TrainConfig fields it sets (everything else at the defaults of bap train)
 VARIANTS: dict[str, dict[str, Any]] = {
     TODAY: {"sharing_loss": "intersection", "projection": "lowest", "domain_sampling": "uniform", "ps_weight": "fixed"},
-    "intersection+sharing": {"sharing_loss": "intersection", "projection": "sharing"},
-    "intersection+swap": {"sharing_loss": "intersection", "projection": "swap"},
-    "union": {"sharing_loss": "union", "projection": "sharing"},
-    "union+swap": {"sharing_loss": "union", "projection": "swap"},
+    "union0": {"sharing_loss": "union", "projection": "sharing", "union_softness": 0.0},  # the exact union
+    "jaccard0": {"sharing_loss": "jaccard", "projection": "sharing", "union_softness": 0.0},
+    "union": {"sharing_loss": "union", "projection": "sharing"},  # relaxed union, q = 0.5
+    "union75": {"sharing_loss": "union", "projection": "sharing", "union_softness": 0.75},
     "jaccard": {"sharing_loss": "jaccard", "projection": "sharing"},
-    "jaccard+swap": {"sharing_loss": "jaccard", "projection": "swap"},
-    "jaccard+learned": {"sharing_loss": "jaccard", "projection": "sharing", "ps_weight": "learned"},
+    "union+lps1.5": {"sharing_loss": "union", "projection": "sharing", "lambda_ps": 1.5},
+    "union+lps2": {"sharing_loss": "union", "projection": "sharing", "lambda_ps": 2.0},
     "union+learned": {"sharing_loss": "union", "projection": "sharing", "ps_weight": "learned"},
-    "jaccard+lps2": {"sharing_loss": "jaccard", "projection": "sharing", "lambda_ps": 2.0},
-    "jaccard+ramp2": {"sharing_loss": "jaccard", "projection": "sharing", "ps_ramp_epochs": 2},
-    "jaccard+sqrt": {"sharing_loss": "jaccard", "projection": "sharing", "domain_sampling": "sqrt"},
+    "union+ramp2": {"sharing_loss": "union", "projection": "sharing", "ps_ramp_epochs": 2},
+    "union+sqrt": {"sharing_loss": "union", "projection": "sharing", "domain_sampling": "sqrt"},
+    "union+proportional": {"sharing_loss": "union", "projection": "sharing", "domain_sampling": "proportional"},
 }
-SCREEN = ("today,intersection+sharing,intersection+swap,union,union+swap,jaccard,jaccard+swap,jaccard+learned,"
-          "union+learned,jaccard+lps2")  # fmt: skip
+# variants that differ from another only in the projection are not retrained: the source run's last checkpoint is
+# finalised again with the other projection (training does not depend on it, so the result is the same)
+DERIVED: dict[str, tuple[str, str]] = {
+    "intersection+sharing": (TODAY, "sharing"),
+    "intersection+swap": (TODAY, "swap"),
+    **{f"{v}+swap": (v, "swap") for v in list(VARIANTS) if v != TODAY},
+}
+for _name, (_src, _proj) in DERIVED.items():
+    VARIANTS[_name] = {**VARIANTS[_src], "projection": _proj}
+SCREEN = ("today,intersection+sharing,intersection+swap,union0,union0+swap,jaccard0,jaccard0+swap,union,union+swap,"
+          "union75,union75+swap,jaccard,jaccard+swap,union+lps2,union+lps2+swap")  # fmt: skip
 BASE_FIELDS = {"sharing_loss": "intersection", "projection": "lowest", "domain_sampling": "uniform",
-               "ps_weight": "fixed", "ps_ramp_epochs": 0, "lambda_ps": 1.0}  # fmt: skip
+               "ps_weight": "fixed", "ps_ramp_epochs": 0, "lambda_ps": 1.0, "union_softness": 0.5}  # fmt: skip
 
 
 def parse() -> argparse.Namespace:
@@ -59,6 +68,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--work", type=Path, default=WORK / "sharing")
     p.add_argument("--name", default="sharing_table")
+    p.add_argument("--resume-run", type=Path, default=None, help="only continue this run directory (final kept)")
     return p.parse_args()
 
 
@@ -70,6 +80,69 @@ def _floats(s: str) -> list[float]:
     return [float(x) for x in s.split(",") if x.strip()]
 
 
+def keep_final_checkpoints() -> None:
+    """Keep each budget's last checkpoint as ``final-<budget>.pt`` (the loop deletes ``checkpoint.pt``)."""
+    import shutil
+
+    import torch
+
+    from bap.trainer.artifacts import RunDir
+
+    if getattr(RunDir, "_keeps_final", False):
+        return
+    clear = RunDir.clear_checkpoint
+
+    def keep(self: RunDir) -> None:
+        if self.checkpoint_path.is_file():
+            key = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)["budget"]
+            shutil.copyfile(self.checkpoint_path, self.path / f"final-{key}.pt")
+        clear(self)
+
+    RunDir.clear_checkpoint = keep  # type: ignore[method-assign]
+    RunDir._keeps_final = True  # type: ignore[attr-defined]
+
+
+def _tags(variant: str, beta: float, seed: int) -> list[str]:
+    tags = [f"{variant}-s{seed}", f"{variant}-b{beta:g}-s{seed}"]
+    return [*tags, f"intersection-lowest-uniform-s{seed}"] if variant == TODAY else tags
+
+
+def _find(a: argparse.Namespace, variant: str, beta: float, seed: int) -> tuple[Path, dict[str, Any]] | None:
+    for tag in _tags(variant, beta, seed):
+        rep = a.work / tag / "report.json"
+        if rep.is_file():
+            for r in json.loads(rep.read_text())["runs"]:
+                if abs(r["budget"] - beta) < 1e-9:
+                    return a.work / tag, r
+    return None
+
+
+def _derive(a: argparse.Namespace, variant: str, beta: float, seed: int) -> dict[str, Any]:
+    """Finalise the source variant's last checkpoint again with another projection (no training)."""
+    import shutil
+
+    from bap.trainer import TrainConfig, train
+    from bap.trainer.config import budget_key
+
+    src_variant, projection = DERIVED[variant]
+    result(a, src_variant, beta, seed)  # the source run first
+    src, _ = _find(a, src_variant, beta, seed)  # type: ignore[misc]
+    final = src / f"final-{budget_key(beta)}.pt"
+    if not final.is_file():
+        raise SystemExit(f"{final} is missing: train {src.name} with this script (it keeps the last checkpoint)")
+    out = a.work / f"{variant}-b{beta:g}-s{seed}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for name in ("backbone.safetensors", "metrics.jsonl"):
+        shutil.copyfile(src / name, out / name)
+    shutil.copyfile(final, out / "checkpoint.pt")
+    doc = json.loads((src / "config.json").read_text())
+    doc["config"].update(out=str(out), budgets=[beta], projection=projection)
+    (out / "config.json").write_text(json.dumps(doc, indent=1))
+    print(f"finalising {out.name} from {src.name} ...", flush=True)
+    return train(TrainConfig(out=str(out), resume=True, quiet=True))["runs"][0]
+
+
 def result(a: argparse.Namespace, variant: str, beta: float, seed: int) -> dict[str, Any]:
     """The budget result of ``variant`` at ``beta`` and ``seed``: from a finished run directory, else trained now.
 
@@ -77,15 +150,12 @@ def result(a: argparse.Namespace, variant: str, beta: float, seed: int) -> dict[
     """
     from bap.trainer import TrainConfig, train
 
-    tags = [f"{variant}-s{seed}", f"{variant}-b{beta:g}-s{seed}"]
-    if variant == TODAY:
-        tags.append(f"intersection-lowest-uniform-s{seed}")
-    for tag in tags:
-        rep = a.work / tag / "report.json"
-        if rep.is_file():
-            for r in json.loads(rep.read_text())["runs"]:
-                if abs(r["budget"] - beta) < 1e-9:
-                    return r
+    found = _find(a, variant, beta, seed)
+    if found is not None:
+        return found[1]
+    keep_final_checkpoints()
+    if variant in DERIVED:
+        return _derive(a, variant, beta, seed)
     out = a.work / f"{variant}-b{beta:g}-s{seed}"
     print(f"training {out.name} ...", flush=True)
     fields = {**BASE_FIELDS, **VARIANTS[variant]}
@@ -160,6 +230,12 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
+    if a.resume_run is not None:
+        from bap.trainer import TrainConfig, train
+
+        keep_final_checkpoints()
+        train(TrainConfig(out=str(a.resume_run), resume=True, quiet=True))
+        return
     a.work.mkdir(parents=True, exist_ok=True)
     default, sel = select(a)
     sel_rows = [[r["variant"], f"{100 * r['val_acc']:.1f}", f"{r['params']:.3f}", f"{r['prunable']:.3f}",
